@@ -1,0 +1,105 @@
+"""The two ManiDP regularisers and the full objective (reference sections 4-6).
+
+    L = mean_i CE_i + lambda_1 * L_sparse + lambda_2 * L_sim
+
+L_sparse weights each instance's saliency by how easy it is (recognition complexity); L_sim aligns
+the instance-to-instance similarity of the features with that of the sub-networks (saliencies).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ManidpError
+from .models import ResNet
+
+# Official-code defaults (reference section 6); each is an option of LossOptions.
+COMPLEXITY_SCALE = 0.5     # C = 0.5 * previous-epoch mean CE
+GAMMA = 1.0
+WEIGHT_FLOOR = 1e-10
+
+
+@dataclass
+class LossOptions:
+    """ManiDP loss constants. Defaults are the official code's, except ``detach_weight``.
+
+    lambda_sparse: lambda_1, weight of the complexity-weighted sparsity loss (code default 0.1).
+    lambda_sim: lambda_2, weight of the similarity alignment loss (code default 0.1).
+    gamma: exponent of the complexity weight (1).
+    complexity_scale: C = complexity_scale * previous-epoch mean CE (0.5).
+    detach_weight: the official code lets gradient flow through w_i into the CE of easy instances,
+        which pushes their loss up (a plausible source of the NaN losses its users report). We detach
+        by default: the paper describes w_i as a weight, not as a training signal, and a weight that
+        rewards higher CE contradicts the objective. ``detach_weight=False`` restores the official
+        behaviour exactly.
+    complexity_weighting: False sets w_i = 1 (ablation).
+    """
+    lambda_sparse: float = 0.1
+    lambda_sim: float = 0.1
+    gamma: float = GAMMA
+    complexity_scale: float = COMPLEXITY_SCALE
+    detach_weight: bool = True
+    complexity_weighting: bool = True
+
+    def validate(self) -> None:
+        for name in ("lambda_sparse", "lambda_sim", "gamma", "complexity_scale"):
+            value = getattr(self, name)
+            if not (value >= 0 and value < float("inf")):
+                raise ManidpError(f"--{name.replace('_', '-')} {value} must be a finite number >= 0")
+
+
+def complexity_weights(ce: torch.Tensor, reference_loss: float, gamma: float = GAMMA,
+                       scale: float = COMPLEXITY_SCALE, detach: bool = True) -> torch.Tensor:
+    """w_i = 1[CE_i < C] * max((C - CE_i) / C, 1e-10) ** gamma with C = scale * reference_loss.
+
+    Easy instances (small CE) get weights near 1; instances with CE >= C get 0, so hard instances
+    feel no sparsity pressure.
+    """
+    c = scale * reference_loss
+    if c <= 0:
+        return torch.zeros_like(ce)
+    ce = ce.detach() if detach else ce
+    w = ((c - ce) / c).clamp(min=WEIGHT_FLOOR) ** gamma
+    return w * (ce < c).to(w.dtype)
+
+
+def sparsity_loss(model: ResNet, weights: torch.Tensor) -> torch.Tensor:
+    """sum over gates of mean_i(w_i * mean_c pi_c(x_i))."""
+    return sum((weights * g.saliency.mean(1)).mean() for g in model.gates())
+
+
+def similarity_matrix(x: torch.Tensor) -> torch.Tensor:
+    """(B, D) -> (B, B) cosine similarities of the rows."""
+    x = F.normalize(x, dim=1)
+    return x @ x.t()
+
+
+def alignment_loss(features: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
+    """||T - R||_F^2 / B^2 for one gate (T from features, R from saliencies)."""
+    b = features.shape[0]
+    return (similarity_matrix(features) - similarity_matrix(saliency)).pow(2).sum() / (b * b)
+
+
+def similarity_loss(model: ResNet) -> torch.Tensor:
+    """sum over gates of the alignment loss; nothing is detached (reference section 5)."""
+    return sum(alignment_loss(g.feature, g.saliency) for g in model.gates())
+
+
+def manidp_loss(model: ResNet, logits: torch.Tensor, targets: torch.Tensor,
+                reference_loss: float, opts: LossOptions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The full objective for the batch of the model's last forward pass.
+
+    Returns the loss and its parts (per-instance CE included, for the next epoch's reference loss).
+    """
+    ce = F.cross_entropy(logits.float(), targets, reduction="none")
+    if opts.complexity_weighting:
+        w = complexity_weights(ce, reference_loss, opts.gamma, opts.complexity_scale, opts.detach_weight)
+    else:
+        w = torch.ones_like(ce)
+    zero = logits.new_zeros(())
+    sparse = sparsity_loss(model, w) if opts.lambda_sparse else zero
+    sim = similarity_loss(model) if opts.lambda_sim else zero
+    loss = ce.mean() + opts.lambda_sparse * sparse + opts.lambda_sim * sim
+    return loss, {"ce": ce.detach(), "sparse": sparse.detach(), "sim": sim.detach(), "weight": w.detach()}

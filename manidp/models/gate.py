@@ -1,0 +1,80 @@
+"""The ManiDP channel gate (reference section 1).
+
+A gate looks at the feature map a convolution reads, predicts one saliency per output channel of
+that convolution, and keeps the channels whose saliency reaches the layer's threshold. Kept channels
+are scaled by their saliency (SE-like); the rest are zeroed. The indicator carries no gradient: the
+saliency itself is what the losses train.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Defaults of the official code; each is a named option of Gate.
+REDUCTION_BELOW = 80       # r = 1 when C_out < 80, else r = 2
+REDUCTION = 2
+SALIENCY_CLAMP = 1000.0    # pi = clamp(ReLU(FC2(...)), max=1000)
+FC2_BIAS_INIT = 1.0        # every gate starts open
+INITIAL_THRESHOLD = -10000.0
+
+
+class Gate(nn.Module):
+    """Saliency predictor for one gated convolution: GAP -> FC1 (no bias) -> ReLU -> FC2 -> ReLU -> clamp.
+
+    Buffers: ``threshold`` (the layer's current threshold) and the epoch accumulators
+    ``saliency_sum``/``saliency_count`` that the remain-rate schedule reads (reference section 3).
+    After every forward, ``saliency``, ``keep`` and ``feature`` hold this batch's values for the
+    losses and the MAC counter; ``feature`` is filled in by the block (the pooled, pre-mask output of
+    the convolution this gate controls).
+    """
+
+    def __init__(self, c_in: int, c_out: int, reduction: int = REDUCTION,
+                 reduction_below: int = REDUCTION_BELOW, clamp: float = SALIENCY_CLAMP,
+                 bias_init: float = FC2_BIAS_INIT):
+        super().__init__()
+        hidden = c_out if c_out < reduction_below else c_out // reduction
+        self.c_in, self.hidden, self.c_out, self.clamp = c_in, hidden, c_out, clamp
+        self.fc1 = nn.Linear(c_in, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, c_out, bias=True)
+        nn.init.kaiming_normal_(self.fc1.weight)
+        nn.init.kaiming_normal_(self.fc2.weight)
+        nn.init.constant_(self.fc2.bias, bias_init)
+        self.register_buffer("threshold", torch.tensor(INITIAL_THRESHOLD))
+        self.register_buffer("saliency_sum", torch.zeros(c_out, dtype=torch.float64))
+        self.register_buffer("saliency_count", torch.zeros((), dtype=torch.long))
+        self.saliency: torch.Tensor | None = None
+        self.keep: torch.Tensor | None = None
+        self.feature: torch.Tensor | None = None
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of the two FC layers, per instance (pooling is not a MAC)."""
+        return self.c_in * self.hidden + self.hidden * self.c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the mask m = pi * 1[pi >= threshold], shape (B, C_out)."""
+        pooled = x.float().mean((2, 3))
+        pi = F.relu(self.fc2(F.relu(self.fc1(pooled)))).clamp(max=self.clamp)
+        keep = (pi >= self.threshold).detach()
+        if self.training:
+            with torch.no_grad():
+                self.saliency_sum += pi.detach().sum(0).double()
+                self.saliency_count += pi.shape[0]
+        self.saliency, self.keep = pi, keep
+        return pi * keep
+
+    def reset_statistics(self) -> None:
+        self.saliency_sum.zero_()
+        self.saliency_count.zero_()
+
+    def mean_saliency(self) -> torch.Tensor:
+        """Per-channel mean saliency over the instances seen since the last reset."""
+        return self.saliency_sum / self.saliency_count.clamp(min=1)
+
+    def extra_repr(self) -> str:
+        return f"{self.c_in} -> {self.hidden} -> {self.c_out}, clamp={self.clamp}"
+
+
+def apply_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return x * mask[:, :, None, None].to(x.dtype)

@@ -1,0 +1,51 @@
+"""Remain-rate schedule and per-layer thresholds (reference section 3).
+
+During training every gate sums its saliencies per channel. At the end of epoch ``e`` (0-based)
+each gate's threshold becomes the k-th largest per-channel mean saliency of that epoch, with
+k = ceil(r(e) * C_out), so on average a fraction r(e) of its channels stay open. r(e) decays from
+about 1 to the target remain rate t along a half cosine and reaches t after the last epoch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import ManidpError
+from .models import ResNet
+
+
+def remain_rate(epoch: int, epochs: int, target: float) -> float:
+    """r(e) = (1 - t)/2 * cos(pi * (e + 1) / E) + (1 + t)/2; r(E - 1) = t."""
+    check_remain_rate(target)
+    return (1 - target) / 2 * math.cos(math.pi * (epoch + 1) / epochs) + (1 + target) / 2
+
+
+def check_remain_rate(target: float, option: str = "--remain-rate") -> None:
+    if not 0 < target <= 1:
+        raise ManidpError(f"{option} {target} is outside (0, 1]: give the fraction of channels to keep, e.g. 0.6")
+
+
+def kth_largest_threshold(mean_saliency: torch.Tensor, rate: float) -> torch.Tensor:
+    """The k-th largest value of ``mean_saliency`` with k = ceil(rate * C) (at least 1)."""
+    k = max(1, math.ceil(rate * mean_saliency.numel() - 1e-9))
+    return torch.topk(mean_saliency, k).values[-1]
+
+
+@torch.no_grad()
+def update_thresholds(model: ResNet, epoch: int, epochs: int, target: float) -> float:
+    """Set every gate's threshold from this epoch's saliency statistics; reset the statistics.
+
+    Returns r(epoch). Gates that saw no instance (count 0) keep their threshold.
+    """
+    rate = remain_rate(epoch, epochs, target)
+    for gate in model.gates():
+        if int(gate.saliency_count) > 0:
+            gate.threshold.copy_(kth_largest_threshold(gate.mean_saliency(), rate).to(gate.threshold))
+        gate.reset_statistics()
+    return rate
+
+
+def reset_statistics(model: ResNet) -> None:
+    for gate in model.gates():
+        gate.reset_statistics()
