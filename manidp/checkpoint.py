@@ -1,0 +1,77 @@
+"""Self-describing checkpoints, written atomically.
+
+A checkpoint holds everything needed to rebuild, evaluate or resume a run: architecture, whether it
+is gated, number of classes, input size, model/optimizer/scheduler state, completed epochs,
+thresholds, the reference loss of the complexity weight, the resolved config and the metrics so far.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import ManidpError
+from .io import atomic_write
+from .models import ResNet, build_model, load_dense_state_dict
+
+FORMAT = "manidp-checkpoint/1"
+
+
+def save(path: str | Path, **payload) -> Path:
+    payload = {"format": FORMAT, **payload}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def load(path: str | Path) -> dict:
+    """Load any checkpoint we accept: ours, or a bare state dict (e.g. torchvision's)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManidpError(f"checkpoint {path} does not exist: check the path (or train it first)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        raise ManidpError(f"checkpoint {path} cannot be read ({type(e).__name__}); it is corrupt or "
+                          f"not a PyTorch file: retrain or copy it again") from None
+    if not isinstance(obj, dict):
+        raise ManidpError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict or a manidp checkpoint")
+    if obj.get("format") == FORMAT:
+        return obj
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"format": None, "model": obj}
+    if isinstance(obj.get("state_dict"), dict):
+        return {"format": None, "model": obj["state_dict"]}
+    raise ManidpError(f"checkpoint {path} is neither a manidp checkpoint nor a state dict")
+
+
+def model_from_checkpoint(path: str | Path, **gate_options) -> tuple[ResNet, dict]:
+    """Rebuild the exact model a manidp checkpoint describes, with its weights and thresholds."""
+    ckpt = load(path)
+    if ckpt["format"] != FORMAT:
+        raise ManidpError(f"checkpoint {path} is a bare state dict: it does not say its architecture; "
+                          f"use it as --baseline for a given --arch instead")
+    model = build_model(ckpt["arch"], num_classes=ckpt["num_classes"], gated=ckpt["gated"], **gate_options)
+    model.input_size = ckpt.get("input_size", model.input_size)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ManidpError(f"checkpoint {path} does not match {ckpt['arch']}: {first}") from None
+    return model, ckpt
+
+
+def load_baseline(model: ResNet, path: str | Path) -> dict:
+    """Load a dense baseline (ours or torchvision's) into ``model``; gates stay fresh."""
+    ckpt = load(path)
+    if ckpt["format"] == FORMAT:
+        if ckpt["arch"] != model.arch:
+            raise ManidpError(f"baseline {path} is a {ckpt['arch']} checkpoint, but --arch is {model.arch}: "
+                              f"pass a {model.arch} baseline")
+        if ckpt.get("gated"):
+            raise ManidpError(f"baseline {path} is already a gated (pruned) model: pass a dense baseline")
+    load_dense_state_dict(model, ckpt["model"], source=f"baseline {path}")
+    return ckpt

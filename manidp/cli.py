@@ -1,0 +1,224 @@
+"""The one command line: ``manidp <command> [options]`` (or ``python -m manidp``).
+
+Commands
+  train-baseline  train a dense network
+  prune           run ManiDP from a dense baseline
+  evaluate        top-1/top-5 and per-instance MACs of a checkpoint
+  macs            dense MACs per layer, and the remain rate for a target MAC reduction
+
+User errors (bad paths, options, corrupt files, a diverging loss) print one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ManidpError
+from .losses import LossOptions
+
+_DEFAULTS = LossOptions()
+
+
+def _common_data(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100", "imagenet"],
+                   help="dataset (default: %(default)s)")
+    g.add_argument("--data", required=True,
+                   help="dataset path: a cifar-10-batches-py folder or archive (full or subset), the CIFAR "
+                        "JPEG copy (folder or .tar.gz), or an ImageNet folder with train/ and val/")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="input resolution (default: 32 for CIFAR, 224 for ImageNet)")
+    g.add_argument("--workers", type=int, default=4, help="image-folder loader processes (default: %(default)s)")
+    g.add_argument("--limit-test", type=int, default=None, help="evaluate on the first N test instances only")
+    g.add_argument("--cache-dir", default=None, help="where decoded JPEG copies are cached (default: ~/.cache/manidp)")
+    g.add_argument("--download", action="store_true",
+                   help="allow downloading CIFAR with torchvision if --data is missing (needs internet)")
+
+
+def _common_run(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--arch", required=True, help="resnet20|resnet32|resnet56|resnet110 (CIFAR), resnet18|resnet34 (ImageNet)")
+    g.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.json, history.jsonl, config.json, env.json")
+    g.add_argument("--epochs", type=int, default=epochs, help="epochs (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=128, help="batch size (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate, cosine-decayed per iteration to 0 (default: %(default)s)")
+    g.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay of the network; gates get 0 (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation (default: %(default)s)")
+    g.add_argument("--limit-train", type=int, default=None, help="train on the first N training instances only (smoke runs)")
+    g.add_argument("--eval-every", type=int, default=1, help="evaluate on the test set every N epochs (default: %(default)s)")
+    g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: %(default)s)")
+    g.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
+    g.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on recent GPUs)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="manidp", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = sub.add_parser("train-baseline", help="train a dense network",
+                       description="Train a dense (plain) ResNet: Nesterov SGD, cosine lr per iteration. Resumes from --out.")
+    _common_run(p, epochs=200, lr=0.1)
+    _common_data(p)
+
+    p = sub.add_parser("prune", help="run ManiDP from a dense baseline",
+                       description="ManiDP (Tang et al., CVPR 2021): gated training from a dense baseline with the "
+                                   "complexity-weighted sparsity loss and the similarity alignment loss. Resumes from --out.")
+    _common_run(p, epochs=400, lr=0.05)
+    _common_data(p)
+    g = p.add_argument_group("ManiDP")
+    g.add_argument("--baseline", required=True, help="dense checkpoint: ours, or a torchvision resnet18/34 state dict")
+    t = g.add_mutually_exclusive_group(required=True)
+    t.add_argument("--remain-rate", type=float, help="target remain rate t in (0, 1] (official example: 0.6)")
+    t.add_argument("--target-reduction", type=float,
+                   help="target MAC reduction in %%; turned into the remain rate whose uniform keep reaches it")
+    g.add_argument("--lambda-sparse", type=float, default=_DEFAULTS.lambda_sparse,
+                   help="lambda_1, weight of the sparsity loss (official code: %(default)s)")
+    g.add_argument("--lambda-sim", type=float, default=_DEFAULTS.lambda_sim,
+                   help="lambda_2, weight of the similarity alignment loss (official code: %(default)s)")
+    g.add_argument("--gamma", type=float, default=_DEFAULTS.gamma, help="exponent of the complexity weight (default: %(default)s)")
+    g.add_argument("--complexity-scale", type=float, default=_DEFAULTS.complexity_scale,
+                   help="C = scale x previous-epoch mean CE (default: %(default)s)")
+    g.add_argument("--no-detach-weight", dest="detach_weight", action="store_false",
+                   help="let gradient flow through the complexity weight into CE, as the official code does "
+                        "(default: detached; see manidp/losses.py)")
+    g.add_argument("--no-complexity-weighting", dest="complexity_weighting", action="store_false",
+                   help="ablation: w_i = 1 for every instance")
+
+    p = sub.add_parser("evaluate", help="top-1/top-5 and per-instance MACs of a checkpoint",
+                       description="Evaluate a manidp checkpoint as it is (final thresholds): top-1, top-5, and "
+                                   "mean/std/min/max/histogram of per-instance MACs and per-layer keep rates.")
+    p.add_argument("--checkpoint", required=True, help="a manidp checkpoint.pt")
+    p.add_argument("--out", default=None, help="write the result as JSON here (default: print only)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _common_data(p)
+
+    p = sub.add_parser("macs", help="dense MACs per layer; remain rate for a target reduction",
+                       description="Analytic MAC counts (multiply-accumulates of conv and FC layers; the literature's "
+                                   "'FLOPs'). Gate cost is reported on its own line.")
+    p.add_argument("--arch", required=True, help="architecture")
+    p.add_argument("--num-classes", type=int, default=None, help="classes (default: 10 for CIFAR, 1000 for ImageNet)")
+    p.add_argument("--image-size", type=int, default=None, help="input resolution (default: the architecture's)")
+    p.add_argument("--target-reduction", type=float, default=None, help="print the remain rate that reaches this MAC reduction in %%")
+    p.add_argument("--layers", action="store_true", help="print every layer")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _train_config(args: argparse.Namespace, method: str):
+    from .train import TrainConfig
+    losses = LossOptions()
+    if method == "manidp":
+        losses = LossOptions(lambda_sparse=args.lambda_sparse, lambda_sim=args.lambda_sim, gamma=args.gamma,
+                             complexity_scale=args.complexity_scale, detach_weight=args.detach_weight,
+                             complexity_weighting=args.complexity_weighting)
+    return TrainConfig(
+        method=method, arch=args.arch, dataset=args.dataset, data=args.data, out=args.out, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        seed=args.seed, device=args.device, amp=args.amp, channels_last=args.channels_last,
+        workers=args.workers, image_size=args.image_size, limit_train=args.limit_train,
+        limit_test=args.limit_test, eval_every=args.eval_every, cache_dir=args.cache_dir,
+        download=args.download, baseline=getattr(args, "baseline", None),
+        remain_rate=getattr(args, "remain_rate", None), target_reduction=getattr(args, "target_reduction", None),
+        losses=losses)
+
+
+def cmd_train(args, method: str) -> None:
+    from .train import run
+    result = run(_train_config(args, method), show_progress=not args.quiet)
+    print(_result_line(result))
+    print(f"wrote {Path(args.out) / 'metrics.json'}")
+
+
+def cmd_evaluate(args) -> None:
+    from .checkpoint import model_from_checkpoint
+    from .data import build_loaders
+    from .evaluate import evaluate
+    from .io import write_json
+    from .provenance import environment, resolve_device
+    device = resolve_device(args.device)
+    model, ckpt = model_from_checkpoint(args.checkpoint)
+    cfg = ckpt.get("config", {})
+    image_size = args.image_size or model.input_size
+    _, test_loader, info = build_loaders(args.dataset, args.data, args.batch_size, device=device,
+                                         seed=0, workers=args.workers, image_size=image_size,
+                                         cache_dir=args.cache_dir, download=args.download,
+                                         limit_test=args.limit_test)
+    if info["num_classes"] != model.num_classes:
+        raise ManidpError(f"checkpoint {args.checkpoint} has {model.num_classes} classes but --data "
+                          f"{args.data} has {info['num_classes']}: evaluate on the dataset it was trained on")
+    model.to(device)
+    result = evaluate(model, test_loader, device, input_size=image_size, show_progress=not args.quiet)
+    result.update(checkpoint=str(args.checkpoint), arch=model.arch, gated=model.gated,
+                  method=cfg.get("method"), seed=cfg.get("seed"), epochs=ckpt.get("epoch"),
+                  thresholds=model.thresholds(), data_source=info.get("source"),
+                  environment=environment(device, cfg.get("seed")))
+    if args.out:
+        write_json(args.out, result)
+        print(f"wrote {args.out}")
+    print(_result_line(result))
+
+
+def cmd_macs(args) -> None:
+    from .macs import costs_table, dense_macs, gate_macs, remain_rate_for_reduction
+    from .models import build_model
+    model = build_model(args.arch, num_classes=args.num_classes, gated=True)
+    size = args.image_size or model.input_size
+    result = {"arch": args.arch, "input_size": size, "dense_macs": dense_macs(model, size),
+              "gate_macs": gate_macs(model), "gates": len(model.gates())}
+    if args.target_reduction is not None:
+        result["target_reduction_pct"] = args.target_reduction
+        result["remain_rate"] = remain_rate_for_reduction(model, args.target_reduction, size)
+    if args.layers:
+        result["layers"] = costs_table(model, size)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    if args.layers:
+        for row in result["layers"]:
+            print(f"{row['name']:<24} {row['kind']:<9} k={row['k']} {row['c_in']:>4}->{row['c_out']:<4} "
+                  f"{row['h_out']:>3}x{row['w_out']:<3} {row['macs']:>14,}")
+    print(f"{args.arch} at {size}x{size}: {result['dense_macs']:,} MACs (conv + FC, dense)")
+    print(f"gates ({result['gates']}, reported separately): {result['gate_macs']:,} MACs")
+    if "remain_rate" in result:
+        print(f"remain rate for {args.target_reduction}% MAC reduction (uniform keep): {result['remain_rate']:.4f}")
+
+
+def _result_line(r: dict) -> str:
+    if "stopped_after_epoch" in r:
+        return f"stopped after epoch {r['stopped_after_epoch']}"
+    line = f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%"
+    if "macs" in r:
+        m = r["macs"]
+        line += (f"  MACs {m['macs_mean'] / 1e6:.2f}M (std {m['macs_std'] / 1e6:.2f}M) of {m['dense_macs'] / 1e6:.2f}M dense"
+                 f" = {m['reduction_pct']:.1f}% reduction; gates +{m['gate_macs'] / 1e6:.3f}M")
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train-baseline":
+            cmd_train(args, "baseline")
+        elif args.command == "prune":
+            cmd_train(args, "manidp")
+        elif args.command == "evaluate":
+            cmd_evaluate(args)
+        elif args.command == "macs":
+            cmd_macs(args)
+    except ManidpError as e:
+        print(f"manidp: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("manidp: interrupted; the last checkpoint is kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Training: a dense baseline, or ManiDP from a dense baseline (reference section 6).
+
+The recipe, top to bottom (:func:`run`):
+  1. build the data loaders and the model (gated for ManiDP, loading the dense baseline);
+  2. SGD with Nesterov momentum, weight decay on the network but not on the gates, and a cosine
+     learning rate decayed per iteration to 0;
+  3. resume from ``out/checkpoint.pt`` if it exists (same config required);
+  4. ManiDP only: the reference loss of the complexity weight is the mean CE of an eval-mode pass
+     over the training set before the first epoch, then the previous epoch's mean training CE;
+  5. every epoch: train, then (ManiDP) set thresholds from the epoch's saliencies by the cosine
+     remain-rate schedule, evaluate, write metrics and an atomic checkpoint;
+  6. evaluate the final model with its final thresholds and write ``metrics.json``.
+
+Every random choice derives from the seed and the epoch number, so a resumed run ends exactly where
+an uninterrupted one does (on CPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt_io
+from .errors import ManidpError
+from .evaluate import _amp_dtype, evaluate
+from .io import write_json, write_text
+from .losses import LossOptions, manidp_loss
+from .macs import remain_rate_for_reduction
+from .models import ResNet, build_model
+from .progress import progress
+from .provenance import environment, resolve_device
+from .schedule import check_remain_rate, reset_statistics, update_thresholds
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a run; the command line exposes each with the same name and default."""
+    method: str = "baseline"          # baseline | manidp
+    arch: str = "resnet20"
+    dataset: str = "cifar10"          # cifar10 | cifar100 | imagenet
+    data: str = ""                    # dataset path (folder or archive)
+    out: str = ""                     # run folder: checkpoint.pt, metrics.json, history.jsonl, config.json, env.json
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1                   # peak learning rate (reference: 0.05 for ManiDP)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4        # on the network; gates always get 0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False                 # mixed precision (bfloat16 on CPU, float16 + GradScaler on CUDA)
+    channels_last: bool = False
+    workers: int = 4                  # image-folder loader processes (ImageNet only)
+    image_size: int | None = None     # input resolution (default: the architecture's)
+    limit_train: int | None = None    # use only the first N training instances (smoke runs)
+    limit_test: int | None = None
+    eval_every: int = 1               # evaluate on the test set every N epochs (and always at the end)
+    cache_dir: str | None = None
+    download: bool = False            # allow torchvision's CIFAR download (never in tests/CI)
+    # ManiDP only
+    baseline: str | None = None       # dense checkpoint to start from (ours or a torchvision state dict)
+    remain_rate: float | None = None  # target remain rate t; or give target_reduction
+    target_reduction: float | None = None  # target MAC reduction in %, turned into t by macs.remain_rate_for_reduction
+    losses: LossOptions = field(default_factory=LossOptions)
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ManidpError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if not self.lr > 0:
+            raise ManidpError(f"--lr must be > 0 (got {self.lr})")
+        if self.weight_decay < 0:
+            raise ManidpError(f"--weight-decay must be >= 0 (got {self.weight_decay})")
+        if self.method not in ("baseline", "manidp"):
+            raise ManidpError(f"--method '{self.method}' is unknown: use baseline or manidp")
+        if not self.out:
+            raise ManidpError("--out is required: the run folder for checkpoint and metrics")
+        if self.method == "manidp":
+            if (self.remain_rate is None) == (self.target_reduction is None):
+                raise ManidpError("give exactly one of --remain-rate and --target-reduction")
+            if self.remain_rate is not None:
+                check_remain_rate(self.remain_rate)
+            self.losses.validate()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["losses"] = LossOptions(**d.get("losses", {}))
+        return cls(**d)
+
+
+# Options whose change makes a checkpoint meaningless for resuming; the rest (device, workers...) may change.
+_RESUME_KEYS = ("method", "arch", "dataset", "epochs", "batch_size", "lr", "momentum", "nesterov",
+                "weight_decay", "seed", "limit_train", "remain_rate", "target_reduction", "losses", "image_size")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: ResNet, cfg: TrainConfig) -> torch.optim.SGD:
+    gates = [p for n, p in model.named_parameters() if ".gate" in n]
+    net = [p for n, p in model.named_parameters() if ".gate" not in n]
+    groups = [{"params": net, "weight_decay": cfg.weight_decay}]
+    if gates:
+        groups.append({"params": gates, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def make_scheduler(optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine decay from the peak lr to 0, stepped every iteration."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+
+
+@torch.no_grad()
+def reference_loss_pass(model: ResNet, loader, device, cfg: TrainConfig) -> float:
+    """Mean CE of an eval-mode pass over the training set (the reference loss before epoch 0)."""
+    model.eval()
+    loader.set_epoch(0)
+    total, n = 0.0, 0
+    bar = progress(getattr(loader, "num_samples", None), "reference loss")
+    for x, y in loader:
+        with torch.autocast(device.type, enabled=cfg.amp, dtype=_amp_dtype(device)):
+            logits = model(_prepare(x, cfg))
+        total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+        n += y.numel()
+        bar.update(y.numel())
+    bar.close()
+    return total / max(n, 1)
+
+
+def _prepare(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, cfg: TrainConfig,
+                    epoch: int, reference_loss: float | None, ckpt_path: Path) -> dict:
+    model.train()
+    loader.set_epoch(epoch)
+    reset_statistics(model)
+    sums = {"ce": 0.0, "sparse": 0.0, "sim": 0.0, "correct": 0, "n": 0, "steps": 0}
+    bar = progress(getattr(loader, "num_samples", None), f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}")
+    for step, (x, y) in enumerate(loader):
+        with torch.autocast(device.type, enabled=cfg.amp, dtype=_amp_dtype(device)):
+            logits = model(_prepare(x, cfg))
+        if cfg.method == "manidp":
+            loss, parts = manidp_loss(model, logits, y, reference_loss, cfg.losses)
+            ce_sum = float(parts["ce"].sum())
+            sums["sparse"] += float(parts["sparse"]) * y.numel()
+            sums["sim"] += float(parts["sim"]) * y.numel()
+        else:
+            loss = F.cross_entropy(logits.float(), y)
+            ce_sum = float(loss.detach()) * y.numel()
+        if not torch.isfinite(loss):
+            raise ManidpError(
+                f"the loss became {float(loss)} in epoch {epoch + 1}, step {step + 1}; nothing was written and "
+                f"the last good checkpoint ({ckpt_path if ckpt_path.exists() else 'none yet'}) is kept: "
+                f"lower --lr or the loss weights (--lambda-sparse, --lambda-sim) and rerun")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        sums["ce"] += ce_sum
+        sums["correct"] += int((logits.detach().argmax(1) == y).sum())
+        sums["n"] += y.numel()
+        sums["steps"] += 1
+        bar.update(y.numel())
+        bar.set_postfix(loss=f"{sums['ce'] / sums['n']:.3f}", refresh=False)
+    bar.close()
+    n = max(sums["n"], 1)
+    return {"train_ce": sums["ce"] / n, "train_top1": 100.0 * sums["correct"] / n,
+            "train_sparse": sums["sparse"] / n, "train_sim": sums["sim"] / n, "steps": sums["steps"],
+            "lr_end": scheduler.get_last_lr()[0]}
+
+
+def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    now = asdict(cfg)
+    diff = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
+    if diff:
+        raise ManidpError(f"{path} was written by a run with other options ({', '.join(diff)} differ): "
+                          f"use another --out, or delete the folder to start over")
+
+
+def run(cfg: TrainConfig, stop_after_epoch: int | None = None, show_progress: bool = True) -> dict:
+    """Train (or resume) the run described by ``cfg``; return the final metrics.
+
+    ``stop_after_epoch`` ends the process early after that many completed epochs, as an
+    interruption would (used by the resume tests).
+    """
+    from .data import build_loaders
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    seed_everything(cfg.seed)
+    train_loader, test_loader, info = build_loaders(
+        cfg.dataset, cfg.data, cfg.batch_size, device=device, seed=cfg.seed, workers=cfg.workers,
+        image_size=cfg.image_size, cache_dir=cfg.cache_dir, download=cfg.download,
+        limit_train=cfg.limit_train, limit_test=cfg.limit_test)
+    model = build_model(cfg.arch, num_classes=info["num_classes"], gated=cfg.method == "manidp")
+    model.input_size = cfg.image_size or info.get("input_size") or model.input_size
+
+    if cfg.method == "manidp":
+        if not cfg.baseline:
+            raise ManidpError("--baseline is required for ManiDP: the dense checkpoint to prune")
+        ckpt_io.load_baseline(model, cfg.baseline)
+        target = cfg.remain_rate if cfg.remain_rate is not None else \
+            remain_rate_for_reduction(model, cfg.target_reduction)
+    else:
+        target = None
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    total_steps = cfg.epochs * len(train_loader)
+    scheduler = make_scheduler(optimizer, total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+
+    start, history, reference_loss = 0, [], None
+    if ckpt_path.exists():
+        saved = ckpt_io.load(ckpt_path)
+        _check_resumable(saved.get("config", {}), cfg, ckpt_path)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start, history, reference_loss = saved["epoch"], saved["metrics"], saved.get("reference_loss")
+    write_json(out / "config.json", {**asdict(cfg), "resolved_remain_rate": target, "data_info": info})
+    write_json(out / "env.json", environment(device, cfg.seed))
+
+    if cfg.method == "manidp" and reference_loss is None:
+        reference_loss = reference_loss_pass(model, train_loader, device, cfg)
+
+    for epoch in range(start, cfg.epochs):
+        stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, cfg,
+                                epoch, reference_loss, ckpt_path)
+        record = {"epoch": epoch + 1, **stats}
+        if cfg.method == "manidp":
+            record["reference_loss"] = reference_loss
+            record["remain_rate"] = update_thresholds(model, epoch, cfg.epochs, target)
+            record["thresholds"] = model.thresholds()
+            reference_loss = stats["train_ce"]     # next epoch's complexity reference
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            ev = evaluate(model, test_loader, device, amp=cfg.amp, channels_last=cfg.channels_last,
+                          input_size=model.input_size, show_progress=show_progress, desc="test")
+            record.update(test_top1=ev["top1"], test_top5=ev["top5"], test_loss=ev["loss"],
+                          macs_mean=ev["macs"]["macs_mean"], reduction_pct=ev["macs"]["reduction_pct"])
+        history.append(record)
+        _save(ckpt_path, model, optimizer, scheduler, epoch + 1, history, reference_loss, cfg, info)
+        write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        print(_summary_line(record), flush=True)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
+            return {"stopped_after_epoch": epoch + 1}
+
+    final = evaluate(model, test_loader, device, amp=cfg.amp, channels_last=cfg.channels_last,
+                     input_size=model.input_size, show_progress=show_progress, desc="final eval")
+    final.update(arch=cfg.arch, dataset=cfg.dataset, method=cfg.method, seed=cfg.seed,
+                 epochs=cfg.epochs, thresholds=model.thresholds(), remain_rate_target=target,
+                 data_source=info.get("source"))
+    write_json(out / "metrics.json", final)
+    return final
+
+
+def _save(path, model, optimizer, scheduler, epoch, history, reference_loss, cfg, info) -> None:
+    ckpt_io.save(path, arch=model.arch, gated=model.gated, num_classes=model.num_classes,
+                 input_size=model.input_size, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                 scheduler=scheduler.state_dict(), epoch=epoch, thresholds=model.thresholds(),
+                 reference_loss=reference_loss, config=asdict(cfg), metrics=history,
+                 classes=info.get("classes"))
+
+
+def _summary_line(r: dict) -> str:
+    parts = [f"epoch {r['epoch']}", f"train CE {r['train_ce']:.4f}", f"train top-1 {r['train_top1']:.2f}%"]
+    if "test_top1" in r:
+        parts += [f"test top-1 {r['test_top1']:.2f}%", f"MAC reduction {r['reduction_pct']:.1f}%"]
+    if "remain_rate" in r:
+        parts.append(f"remain rate {r['remain_rate']:.3f}")
+    return " | ".join(parts)

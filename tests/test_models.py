@@ -1,0 +1,107 @@
+"""Model structure, gate placement and initialisation, and loading dense checkpoints."""
+import pytest
+import torch
+import torchvision
+
+from manidp.errors import ManidpError
+from manidp.losses import LossOptions, manidp_loss
+from manidp.models import build_model, load_dense_state_dict
+
+GATES = {"resnet20": 18, "resnet32": 30, "resnet56": 54, "resnet110": 108, "resnet18": 16, "resnet34": 32}
+
+
+@pytest.mark.parametrize("arch", GATES)
+def test_shapes_and_gate_count(arch):
+    model = build_model(arch, gated=True, num_classes=7)
+    size = 32 if model.input_size == 32 else 64
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 7)
+    assert len(model.gates()) == GATES[arch] == len(model.gate_names())
+
+
+def test_gate_as_in_reference():
+    model = build_model("resnet18", gated=True)
+    g64, g128 = model.layer1[0].gate1, model.layer2[1].gate2
+    assert g64.hidden == 64 and g128.hidden == 64          # r = 1 below 80 channels, r = 2 above
+    assert g64.fc1.bias is None and g64.fc2.bias is not None
+    assert torch.all(g64.fc2.bias == 1.0)                   # every gate starts open
+    assert float(g64.threshold) == -10000.0
+    # gate 2 reads the conv_a output: its input width is the block's width
+    assert model.layer2[0].gate1.c_in == 64 and model.layer2[0].gate2.c_in == 128
+
+
+def test_saliency_clamped_and_kept_channels_scaled():
+    model = build_model("resnet20", gated=True).eval()
+    gate = model.layer1[0].gate1
+    with torch.no_grad():
+        gate.fc2.bias.fill_(5000.0)
+        gate.fc2.weight.zero_()
+        m = gate(torch.randn(3, 16, 8, 8))
+    assert torch.all(m == 1000.0)                           # clamp at 1000
+    with torch.no_grad():
+        gate.fc2.bias.copy_(torch.linspace(0.1, 1.6, 16))
+        gate.threshold.fill_(0.8)
+        m = gate(torch.randn(3, 16, 8, 8))
+    expected = torch.where(gate.fc2.bias >= 0.8, gate.fc2.bias, torch.zeros(16))
+    torch.testing.assert_close(m, expected.expand(3, 16))
+
+
+def test_gated_with_unit_saliency_equals_plain():
+    # With saliency 1 everywhere and nothing pruned, the gated network computes the plain one.
+    torch.manual_seed(0)
+    plain = build_model("resnet20").eval()
+    gated = build_model("resnet20", gated=True).eval()
+    load_dense_state_dict(gated, plain.state_dict())
+    with torch.no_grad():
+        for g in gated.gates():
+            g.fc2.weight.zero_()
+            g.fc2.bias.fill_(1.0)
+        x = torch.randn(4, 3, 32, 32)
+        torch.testing.assert_close(gated(x), plain(x))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
+def test_torchvision_state_dict_loads(arch):
+    tv = getattr(torchvision.models, arch)(weights=None).eval()
+    for m in tv.modules():  # non-trivial BN statistics, so a mis-mapped key would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    plain = build_model(arch).eval()
+    load_dense_state_dict(plain, tv.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), tv(x))
+    gated = build_model(arch, gated=True)
+    load_dense_state_dict(gated, tv.state_dict())           # gates stay fresh
+    assert torch.equal(gated.layer1[0].conv1.weight, tv.layer1[0].conv1.weight)
+
+
+def test_mismatched_checkpoint_names_the_keys():
+    with pytest.raises(ManidpError, match=r"missing keys layer1\.2\."):
+        load_dense_state_dict(build_model("resnet34"), build_model("resnet18").state_dict())
+    with pytest.raises(ManidpError, match="unexpected keys"):
+        load_dense_state_dict(build_model("resnet20"), build_model("resnet32").state_dict())
+    with pytest.raises(ManidpError, match="shape mismatch in fc.weight"):
+        load_dense_state_dict(build_model("resnet20", num_classes=100), build_model("resnet20").state_dict())
+
+
+def test_unknown_architecture():
+    with pytest.raises(ManidpError, match="unknown architecture 'resnet99'.*--arch"):
+        build_model("resnet99")
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_every_parameter_gets_a_gradient(detach):
+    torch.manual_seed(0)
+    model = build_model("resnet20", gated=True).train()
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    model(x)
+    for g in model.gates():  # prune about half the channels so masks are real
+        g.threshold.fill_(float(g.saliency.detach().median()))
+    logits = model(x)
+    loss, parts = manidp_loss(model, logits, y, reference_loss=10.0,
+                              opts=LossOptions(lambda_sparse=0.1, lambda_sim=0.1, detach_weight=detach))
+    assert float(parts["weight"].sum()) > 0                 # some instances are easy enough to be weighted
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert no_grad == []
