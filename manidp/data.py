@@ -187,12 +187,14 @@ def _load_cifar_archive(path: Path, spec: _CifarSpec, cache_dir: Path) -> ImageA
         return _from_pickles(lambda n: files.get(prefix + n), lambda n: f"{path}:{prefix}{n}",
                              spec, str(path))
     images = _jpeg_members(names)
+    name_of = dict(images)
     hint = ""
     if _pickle_prefix(names, _other(spec)) is not None:
         hint = f" (it looks like {_other(spec).title}: pass --dataset {_other(spec).name})"
     check(images, f"{path}: archive holds no {spec.title} ({spec.folder}/ pickles or "
                   f"train/<class>/*.jpg){hint}; pass a CIFAR archive or folder")
-    arrays = _from_images([(rel, files[name]) for rel, name in images], spec, str(path))
+    arrays = _from_images([(rel, files[name]) for rel, name in images], spec, str(path),
+                          lambda rel: f"{path}:{name_of[rel]}")
     _write_cache(cache, arrays)
     return arrays
 
@@ -306,7 +308,7 @@ def _from_pickles(read: Callable[[str], bytes | None], where: Callable[[str], st
         len(spec.train) > 1 or (len(train_y), len(test_y)) == spec.full_rows)
     if full:
         for n, blob in blobs.items():
-            got = hashlib.md5(blob).hexdigest()
+            got = hashlib.md5(blob, usedforsecurity=False).hexdigest()
             check(got == spec.md5[n], f"{where(n)}: md5 {got} differs from the original "
                                       f"{spec.md5[n]}; the copy is damaged, download it again")
         source = f"{spec.title} (md5 verified) from {origin}"
@@ -352,12 +354,14 @@ def _load_jpeg_folder(root: Path, spec: _CifarSpec, cache_dir: Path) -> ImageArr
     cached = _read_cache(cache, spec, root)
     if cached is not None:
         return cached
-    arrays = _from_images([(rel, Path(e.path).read_bytes()) for rel, e in files], spec, str(root))
+    arrays = _from_images([(rel, Path(e.path).read_bytes()) for rel, e in files], spec, str(root),
+                          lambda rel: str(root / rel))
     _write_cache(cache, arrays)
     return arrays
 
 
-def _from_images(items: list[tuple[str, bytes]], spec: _CifarSpec, origin: str) -> ImageArrays:
+def _from_images(items: list[tuple[str, bytes]], spec: _CifarSpec, origin: str,
+                 where: Callable[[str], str]) -> ImageArrays:
     """Decode ``(split/class/file, jpeg bytes)`` pairs; labels are the sorted class-folder order."""
     classes = sorted({rel.split("/")[1] for rel, _ in items if rel.startswith("train/")})
     test_classes = sorted({rel.split("/")[1] for rel, _ in items if rel.startswith("test/")})
@@ -375,7 +379,7 @@ def _from_images(items: list[tuple[str, bytes]], spec: _CifarSpec, origin: str) 
     split = {}
     for name in ("train", "test"):
         part = [(rel, blob) for rel, blob in items if rel.startswith(name + "/")]
-        x = _decode_jpegs(part, origin)
+        x = _decode_jpegs(part, where)
         y = torch.tensor([index[rel.split("/")[1]] for rel, _ in part], dtype=torch.int64)
         split[name] = (x, y)
     (train_x, train_y), (test_x, test_y) = split["train"], split["test"]
@@ -387,23 +391,39 @@ def _from_images(items: list[tuple[str, bytes]], spec: _CifarSpec, origin: str) 
                        f"{spec.title} ({kind}) from {origin}")
 
 
-def _decode_jpegs(items: list[tuple[str, bytes]], origin: str) -> torch.Tensor:
-    from torchvision.io import decode_jpeg
-    data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for _, blob in items]
-    try:  # the batched call is the fast path; on failure decode one by one to name the bad file
-        images = decode_jpeg(data)
-    except RuntimeError:
+def _decode_jpegs(items: list[tuple[str, bytes]], where: Callable[[str], str]) -> torch.Tensor:
+    """Decode JPEGs to a uint8 (N, 3, 32, 32) tensor, naming the first file that fails or misfits."""
+    images = None
+    try:
+        # torchvision's batched decoder is about twice as fast as PIL here; torchvision 0.29
+        # deprecates it (for TorchCodec), so it is optional and its warning is silenced.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import decode_jpeg
+            images = decode_jpeg([torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+                                  for _, blob in items])
+    except (ImportError, RuntimeError):
+        pass  # decoder gone, or a bad file: PIL decodes one by one and names it
+    if images is None:
         images = []
-        for (rel, _), d in zip(items, data):
+        for rel, blob in items:
             try:
-                images.append(decode_jpeg(d))
-            except RuntimeError as e:
-                raise ManidpError(f"{origin}:{rel}: not a readable JPEG ({_one_line(e)}); "
+                images.append(_pil_decode(blob))
+            except Exception as e:  # PIL raises many types for bad files
+                raise ManidpError(f"{where(rel)}: not a readable JPEG ({_one_line(e)}); "
                                   f"replace or delete the file") from None
     for (rel, _), img in zip(items, images):
-        check(tuple(img.shape) == (3, 32, 32), f"{origin}:{rel}: image is {tuple(img.shape)} "
+        check(tuple(img.shape) == (3, 32, 32), f"{where(rel)}: image is {tuple(img.shape)} "
                                                f"(C, H, W), CIFAR needs 32x32 RGB (3, 32, 32)")
     return torch.stack(images) if images else torch.empty(0, 3, 32, 32, dtype=torch.uint8)
+
+
+def _pil_decode(blob: bytes) -> torch.Tensor:
+    """One image as stored (no colour conversion, so grayscale stays 1 channel): uint8 (C, H, W)."""
+    from PIL import Image
+    with Image.open(io.BytesIO(blob)) as im:
+        a = np.array(im)
+    return torch.from_numpy(a[:, :, None] if a.ndim == 2 else a).permute(2, 0, 1)
 
 
 _QUALITY_TABLES: dict | None = None
