@@ -37,8 +37,9 @@ from .models import GatedBasicBlock, ResNet
 
 STRATEGIES = ("loop", "union")
 
-# Layers whose output map has at most this many pixels use im2col + GEMM instead of oneDNN's conv
-# (measured in benchmarks/bench_accel.py --profile; see docs/acceleration.md).
+# Blocks whose output map has at most this many pixels use im2col + GEMM instead of oneDNN's conv
+# at batch 1 (per-block timings on ResNet-34: GEMM wins or ties at 28x28 and below, oneDNN at 56x56;
+# see docs/acceleration.md).
 MM_MAX_PIXELS = 28 * 28
 
 
@@ -52,6 +53,12 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, t
     return (w * scale[:, None, None, None]).contiguous(), bias.contiguous()
 
 
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """A float32 copy the engine owns: ``.float().contiguous()`` alone may alias the model's
+    parameter, and the engine is a snapshot."""
+    return t.detach().float().clone(memory_format=torch.contiguous_format)
+
+
 def conv_macs(weight_shape: torch.Size, out: torch.Tensor) -> int:
     """MACs of one convolution call for one instance, from the shapes it ran."""
     c_out, c_in, kh, kw = weight_shape
@@ -59,15 +66,16 @@ def conv_macs(weight_shape: torch.Size, out: torch.Tensor) -> int:
 
 
 class _Gate(nn.Module):
-    """Inference copy of a :class:`~manidp.models.Gate`: pooled input -> saliency pi and kept indices."""
+    """Inference copy of a :class:`~manidp.models.Gate`: pooled input -> saliency pi."""
 
     def __init__(self, gate):
         super().__init__()
-        # FC1 stored transposed ([C_in, hidden]) so that gate 2 can gather the rows of the
-        # channels gate 1 kept: a contiguous row gather instead of a strided column gather.
-        self.register_buffer("fc1_t", gate.fc1.weight.detach().float().t().contiguous())
-        self.register_buffer("fc2_w", gate.fc2.weight.detach().float().contiguous())
-        self.register_buffer("fc2_b", gate.fc2.bias.detach().float().contiguous())
+        # Both FC weights stored transposed ([in, out]): gate 2 gathers the FC1 rows of the
+        # channels gate 1 kept (a contiguous row copy, not a strided column gather), and
+        # addmm needs no transpose op per call.
+        self.register_buffer("fc1_t", _own(gate.fc1.weight.t()))
+        self.register_buffer("fc2_t", _own(gate.fc2.weight.t()))
+        self.register_buffer("fc2_b", _own(gate.fc2.bias))
         self.threshold = float(gate.threshold)
         self.clamp = float(gate.clamp)
 
@@ -76,7 +84,15 @@ class _Gate(nn.Module):
         w1 = self.fc1_t if rows is None else self.fc1_t.index_select(0, rows)
         hidden = torch.mm(pooled, w1).relu_()
         # ReLU then clamp(max) equals clamp(0, max): one op instead of two.
-        return torch.addmm(self.fc2_b, hidden, self.fc2_w.t()).clamp_(0.0, self.clamp)
+        return torch.addmm(self.fc2_b, hidden, self.fc2_t).clamp_(0.0, self.clamp)
+
+    def saliency_of_zeros(self, batch: int) -> torch.Tensor:
+        """Saliency when every input channel is pruned: the gate then reads an all-zero map."""
+        return self.fc2_b.clamp(0.0, self.clamp).expand(batch, -1)
+
+    def kept(self, pi: torch.Tensor) -> torch.Tensor:
+        """Indices of the kept channels of one instance's saliency ``pi`` [C]."""
+        return torch.nonzero(pi >= self.threshold).flatten()
 
 
 class _DenseConv(nn.Module):
@@ -95,25 +111,79 @@ class _DenseConv(nn.Module):
 
 
 def _out_size(size: int, stride: int) -> int:
-    return (size + 2 - 3) // stride + 1      # 3x3 conv, padding 1
+    return (size + 2 - 3) // stride + 1      # 3x3 kernel, padding 1
+
+
+def im2col3x3(x: torch.Tensor, stride: int) -> tuple[torch.Tensor, int, int]:
+    """Columns [C*9, H_out*W_out] of a 3x3, padding-1 convolution over ``x`` [C, H, W], rows in
+    (channel, kh, kw) order like ``F.unfold``: one strided copy of the padded map, 1.5-5x faster
+    than ``F.unfold`` on ResNet shapes (measured, 1 thread)."""
+    c, h, w = x.shape
+    h_out, w_out = _out_size(h, stride), _out_size(w, stride)
+    xp = F.pad(x, (1, 1, 1, 1))
+    s0, s1, s2 = xp.stride()
+    taps = xp.as_strided((c, 3, 3, h_out, w_out), (s0, s1, s2, s1 * stride, s2 * stride))
+    return taps.reshape(c * 9, h_out * w_out), h_out, w_out
+
+
+def max_pool_3x3s2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 3, 2, 1)`` for ``x >= 0`` (the stem's ReLU output), bit-identical.
+
+    Separable (rows, then columns) with zero padding, which equals -inf padding on non-negative
+    input; 4-5x faster than ``max_pool2d`` on the 112x112 stem map (that op also computes the
+    argmax indices).
+    """
+    h, w = x.shape[-2:]
+    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    xp = F.pad(x, (1, 1, 1, 1))
+    r = torch.maximum(torch.maximum(xp[..., 0:2 * ho:2, :], xp[..., 1:2 * ho + 1:2, :]),
+                      xp[..., 2:2 * ho + 2:2, :])
+    return torch.maximum(torch.maximum(r[..., 0:2 * wo:2], r[..., 1:2 * wo + 1:2]),
+                         r[..., 2:2 * wo + 2:2])
+
+
+def conv3x3(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor, stride: int,
+            use_mm: bool) -> tuple[torch.Tensor, int]:
+    """3x3, padding-1 convolution of ``x`` with flattened weight ``w2d`` [C_out', C_in'*9] and the
+    MACs it ran (from the shapes, per instance).
+
+    ``use_mm`` (batch 1 only): im2col + one MKL GEMM. On small maps oneDNN's conv re-lays out the
+    weight on every call (it cannot cache a per-instance gathered weight), which costs about as
+    much as the arithmetic; the GEMM reads the gathered rows as they are.
+    """
+    c_out, c_in = w2d.shape[0], x.shape[1]
+    if use_mm and x.shape[0] == 1:
+        cols, h, w = im2col3x3(x[0], stride)
+        out = torch.addmm(bias[:, None], w2d, cols).view(1, c_out, h, w)
+    else:
+        out = F.conv2d(x, w2d.view(c_out, c_in, 3, 3), bias, stride, 1)
+    return out, 9 * out.shape[2] * out.shape[3] * c_in * c_out
+
+
+def _scale(t: torch.Tensor) -> torch.Tensor:
+    """Per-channel factors [B, C] -> broadcastable [B, C, 1, 1]."""
+    return t[:, :, None, None]
 
 
 class _SkipBlock(nn.Module):
-    """One gated basic block, executing only kept channels."""
+    """One gated basic block that executes only the channels its gates keep."""
 
-    def __init__(self, block: GatedBasicBlock, mm_a: bool, mm_b: bool):
+    def __init__(self, block: GatedBasicBlock, use_mm: bool):
         super().__init__()
         wa, ba = fold_bn(block.conv1, block.bn1)
         wb, bb = fold_bn(block.conv2, block.bn2)
-        self.c_out = wa.shape[0]
         self.stride = block.conv1.stride[0]
-        self.mm_a, self.mm_b = mm_a, mm_b
-        # conv_a: [C_out, C_in*9] rows are contiguous, so gathering kept output channels is a
-        # row copy; the 4-d view of the same storage feeds F.conv2d.
+        self.use_mm = use_mm
+        # conv_a as [C_out, C_in*9]: rows are contiguous, so the kept output channels are a row
+        # copy, and the same rows serve F.conv2d (as a 4-d view) and the GEMM.
         self.register_buffer("wa", wa.reshape(wa.shape[0], -1))
         self.register_buffer("ba", ba)
-        # conv_b: [C_out, C_in, 9]; gathered on both channel dimensions per instance.
-        self.register_buffer("wb", wb.reshape(wb.shape[0], wb.shape[1], -1))
+        # conv_b as [C_out*C_in, 9], one row per (output, input) channel pair: the kept pairs are
+        # gathered by ONE index_select, already in the [|k2|, |k1|*9] layout both kernels read.
+        # (Two successive index_selects copy twice, the second with 36-byte pieces: the flat
+        # gather cut conv_b's gather time by ~1/3 on ResNet-34's 512-channel layers.)
+        self.c_mid = wb.shape[1]
+        self.register_buffer("wb", wb.reshape(-1, 9))
         self.register_buffer("bb", bb)
         self.gate1, self.gate2 = _Gate(block.gate1), _Gate(block.gate2)
         self.shortcut = None
@@ -121,131 +191,114 @@ class _SkipBlock(nn.Module):
             bn = block.downsample[1] if len(block.downsample) > 1 else None
             self.shortcut = _DenseConv(block.downsample[0], bn)
 
-    # -- convolution kernels over channel subsets ---------------------------------------------
-    def _conv(self, x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor, stride: int,
-              use_mm: bool) -> tuple[torch.Tensor, int]:
-        """3x3 conv (padding 1) of ``x`` with flattened weight ``w2d`` [C_out', C_in'*9]."""
-        c_out, c_in = w2d.shape[0], x.shape[1]
-        if use_mm and x.shape[0] == 1:
-            h = _out_size(x.shape[2], stride)
-            w = _out_size(x.shape[3], stride)
-            cols = F.unfold(x, 3, padding=1, stride=stride)[0]          # [C_in'*9, H*W]
-            out = torch.addmm(bias[:, None], w2d, cols).view(1, c_out, h, w)
-        else:
-            out = F.conv2d(x, w2d.view(c_out, c_in, 3, 3), bias, stride, 1)
-        return out, 9 * out.shape[2] * out.shape[3] * c_in * c_out
+    def _gather_b(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """conv_b weight for outputs ``rows`` over inputs ``cols``: [|rows|, |cols|*9]."""
+        pairs = torch.add(cols, rows[:, None], alpha=self.c_mid).flatten()
+        return self.wb.index_select(0, pairs).view(rows.numel(), -1)
 
-    # -- batch 1 (also the per-instance loop) --------------------------------------------------
+    def _residual(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        # The identity shortcut returns ``x`` itself, and the caller adds into it in place: the
+        # block input is engine-internal and no longer needed at that point.
+        return (x, 0) if self.shortcut is None else self.shortcut(x)
+
     def forward_one(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
         """One instance ``x`` [1, C, H, W] -> (output, MACs run, |k1|, |k2|)."""
+        pi1 = self.gate1.saliency(x.mean((2, 3)))
+        k1 = self.gate1.kept(pi1[0])
         macs = 0
-        pi1 = self.gate1.saliency(x.mean((2, 3)))[0]
-        k1 = torch.nonzero(pi1 >= self.gate1.threshold).flatten()
-        n1 = k1.numel()
-        if n1:
-            h, m = self._conv(x, self.wa.index_select(0, k1), self.ba.index_select(0, k1),
-                              self.stride, self.mm_a)
-            macs += m
-            # ReLU then saliency scaling (pi >= 0, so the order does not matter).
-            h = h.relu_().mul_(pi1.index_select(0, k1)[None, :, None, None])
-            pi2 = self.gate2.saliency(h.mean((2, 3)), k1)[0]
+        if k1.numel():
+            h, macs = conv3x3(x, self.wa.index_select(0, k1), self.ba.index_select(0, k1),
+                              self.stride, self.use_mm)
+            h = h.relu_().mul_(_scale(pi1.index_select(1, k1)))   # pi >= 0: ReLU and scale commute
+            # Gate 2 reads the masked map, zero on pruned channels: only FC1 rows k1 matter.
+            pi2 = self.gate2.saliency(h.mean((2, 3)), k1)
         else:
-            # Everything pruned: gate 2 sees an all-zero tensor, FC1 contributes nothing.
-            pi2 = self.gate2.fc2_b.clamp(0.0, self.gate2.clamp)
-        k2 = torch.nonzero(pi2 >= self.gate2.threshold).flatten()
-        n2 = k2.numel()
-        if self.shortcut is None:
-            out = x
-        else:
-            out, m = self.shortcut(x)
-            macs += m
-        if n2:
-            if n1:
-                wb = self.wb.index_select(0, k2).index_select(1, k1).view(n2, n1 * 9)
-                y, m = self._conv(h, wb, self.bb.index_select(0, k2), 1, self.mm_b)
+            pi2 = self.gate2.saliency_of_zeros(1)
+        k2 = self.gate2.kept(pi2[0])
+        out, m = self._residual(x)
+        macs += m
+        if k2.numel():
+            if k1.numel():
+                y, m = conv3x3(h, self._gather_b(k2, k1), self.bb.index_select(0, k2), 1,
+                               self.use_mm)
                 macs += m
+                y = y.mul_(_scale(pi2.index_select(1, k2)))
             else:
                 # A convolution over zero input channels is its bias (0 MACs); the masked dense
-                # model computes BN(conv(0)) = the folded bias and multiplies it by m2.
-                y = self.bb.index_select(0, k2)[None, :, None, None].expand(
-                    1, n2, out.shape[2], out.shape[3])
-            y = y * pi2.index_select(0, k2)[None, :, None, None]
-            # In place, also for the identity shortcut: the block input is engine-internal and
-            # no longer needed.
+                # model computes BN(conv(0)) = the folded bias, times m2.
+                y = _scale(self.bb.index_select(0, k2)[None] * pi2.index_select(1, k2))
+                y = y.expand(1, -1, out.shape[2], out.shape[3])
             out.index_add_(1, k2, y)
-        return out.relu_(), macs, n1, n2
+        return out.relu_(), macs, k1.numel(), k2.numel()
 
-    # -- whole batch over the union of kept channels --------------------------------------------
     def forward_union(self, x: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]:
-        """Batch ``x`` -> (output, MACs run per instance, keep1 [B, C], keep2 [B, C])."""
-        macs = 0
+        """Batch ``x`` over the union of kept channels -> (output, MACs run per instance,
+        keep1 [B, C], keep2 [B, C])."""
+        batch = x.shape[0]
         pi1 = self.gate1.saliency(x.mean((2, 3)))
         keep1 = pi1 >= self.gate1.threshold
         u1 = torch.nonzero(keep1.any(0)).flatten()
-        # Per-instance mask on the union: saliency where the instance keeps it, else zero.
+        # Each instance's mask on the union: its saliency where it keeps a channel, else zero.
         m1 = (pi1 * keep1).index_select(1, u1)
+        macs = 0
         if u1.numel():
-            h, m = self._conv(x, self.wa.index_select(0, u1), self.ba.index_select(0, u1),
+            h, macs = conv3x3(x, self.wa.index_select(0, u1), self.ba.index_select(0, u1),
                               self.stride, False)
-            macs += m
-            h = h.relu_().mul_(m1[:, :, None, None])
+            h = h.relu_().mul_(_scale(m1))
             pi2 = self.gate2.saliency(h.mean((2, 3)), u1)
         else:
-            pi2 = self.gate2.fc2_b.clamp(0.0, self.gate2.clamp).expand(x.shape[0], -1)
+            pi2 = self.gate2.saliency_of_zeros(batch)
         keep2 = pi2 >= self.gate2.threshold
         u2 = torch.nonzero(keep2.any(0)).flatten()
         m2 = (pi2 * keep2).index_select(1, u2)
-        if self.shortcut is None:
-            out = x
-        else:
-            out, m = self.shortcut(x)
-            macs += m
+        out, m = self._residual(x)
+        macs += m
         if u2.numel():
             if u1.numel():
-                wb = self.wb.index_select(0, u2).index_select(1, u1).view(u2.numel(), -1)
-                y, m = self._conv(h, wb, self.bb.index_select(0, u2), 1, False)
+                y, m = conv3x3(h, self._gather_b(u2, u1), self.bb.index_select(0, u2), 1, False)
                 macs += m
+                y = y.mul_(_scale(m2))
             else:
-                y = self.bb.index_select(0, u2)[None, :, None, None].expand(
-                    x.shape[0], -1, out.shape[2], out.shape[3])
-            out.index_add_(1, u2, y * m2[:, :, None, None])
+                y = _scale(self.bb.index_select(0, u2)[None] * m2)
+                y = y.expand(-1, -1, out.shape[2], out.shape[3])
+            out.index_add_(1, u2, y)
         return out.relu_(), macs, keep1, keep2
 
 
 class SkippingResNet(nn.Module):
     """Inference engine for a gated :class:`~manidp.models.ResNet` that skips pruned channels.
 
-    After each forward, ``executed_macs`` holds the backbone MACs each instance actually ran
-    (list of ints, one per instance) and ``kept`` the (B, num_gates) kept-channel counts.
+    ``forward(x, strategy)``: ``"loop"`` (default) runs the instances one at a time, each at its
+    own cost; ``"union"`` runs the batch together over the union of kept channels (see module
+    docstring). After each call, ``executed_macs`` holds the backbone MACs each instance ran (list
+    of ints, gates excluded like :func:`manidp.macs.dense_macs`) and ``kept`` the (B, num_gates)
+    kept-channel counts (union: what each instance's own gates kept).
+
+    The engine is a snapshot: it copies (and folds) the weights and thresholds at conversion.
     """
 
     def __init__(self, model: ResNet, mm_max_pixels: int = MM_MAX_PIXELS):
         super().__init__()
         self.arch = model.arch
         self.stem = _DenseConv(model.conv1, model.bn1)
-        self.maxpool = model.maxpool
-        size = model.input_size
-        size = (size + 2 * model.conv1.padding[0] - model.conv1.kernel_size[0]) \
-            // model.conv1.stride[0] + 1
-        if self.maxpool is not None:
-            size = (size + 2 - 3) // 2 + 1
+        self.maxpool = model.maxpool is not None
+        size = _conv_out(model.input_size, model.conv1)
+        size = (size - 1) // 2 + 1 if self.maxpool else size
         blocks = []
         for block in model.blocks():
-            # Kernel choice is made for the model's nominal input size; any size still works.
-            out = _out_size(size, block.conv1.stride[0])
-            use_mm = out * out <= mm_max_pixels
-            blocks.append(_SkipBlock(block, use_mm, use_mm))
-            size = out
+            # Kernel chosen for the model's nominal input size; any input size still works.
+            size = _out_size(size, block.conv1.stride[0])
+            blocks.append(_SkipBlock(block, use_mm=size * size <= mm_max_pixels))
         self.blocks = nn.ModuleList(blocks)
-        self.register_buffer("fc_w", model.fc.weight.detach().float().contiguous())
-        self.register_buffer("fc_b", model.fc.bias.detach().float().contiguous())
+        self.register_buffer("fc_w", _own(model.fc.weight))
+        self.register_buffer("fc_b", _own(model.fc.bias))
         self.executed_macs: list[int] = []
         self.kept: torch.Tensor | None = None
 
     def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         x, macs = self.stem(x)
         x = x.relu_()
-        return (self.maxpool(x) if self.maxpool is not None else x), macs
+        return (max_pool_3x3s2(x) if self.maxpool else x), macs
 
     def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         return F.linear(x.mean((2, 3)), self.fc_w, self.fc_b), self.fc_w.numel()
@@ -254,8 +307,7 @@ class SkippingResNet(nn.Module):
     def forward(self, x: torch.Tensor, strategy: str = "loop") -> torch.Tensor:
         if strategy not in STRATEGIES:
             raise ManidpError(f"unknown strategy '{strategy}': choose one of {', '.join(STRATEGIES)}")
-        x = x.float()
-        x, stem_macs = self._stem(x)
+        x, stem_macs = self._stem(x.float())
         if strategy == "union" and x.shape[0] > 1:
             x, macs, kept = self._blocks_union(x)
             executed = [stem_macs + macs] * x.shape[0]
@@ -282,19 +334,25 @@ class SkippingResNet(nn.Module):
         return x, macs, counts
 
     def _blocks_union(self, x: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor]:
-        macs, keeps = 0, []
+        macs, counts = 0, []
         for block in self.blocks:
             x, m, keep1, keep2 = block.forward_union(x)
             macs += m
-            keeps += [keep1.sum(1), keep2.sum(1)]
-        return x, macs, torch.stack(keeps, 1)
+            counts += [keep1.sum(1), keep2.sum(1)]
+        return x, macs, torch.stack(counts, 1)
+
+
+def _conv_out(size: int, conv: nn.Conv2d) -> int:
+    return (size + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
 
 
 def convert(model: ResNet, mm_max_pixels: int = MM_MAX_PIXELS) -> SkippingResNet:
     """Build the channel-skipping engine of a gated ResNet in eval mode.
 
+    ``mm_max_pixels``: blocks whose output map has at most this many pixels (at the model's
+    nominal input size) use the im2col + GEMM kernel at batch 1; 0 disables it.
     Raises :class:`ManidpError` for a plain (ungated) model or one in train mode (BN folding uses
-    running statistics and gates must not accumulate saliency).
+    the running statistics, and the engine has no train-mode behaviour).
     """
     if not isinstance(model, ResNet) or not model.gated:
         raise ManidpError("accel.convert needs a gated ResNet (build_model(arch, gated=True)); "
@@ -302,3 +360,126 @@ def convert(model: ResNet, mm_max_pixels: int = MM_MAX_PIXELS) -> SkippingResNet
     if model.training:
         raise ManidpError("accel.convert needs the model in eval mode: call model.eval() first")
     return SkippingResNet(model, mm_max_pixels).eval()
+
+
+# -- Synthetic gates, for tests and benchmarks without a trained model -----------------------------
+
+@torch.no_grad()
+def randomize_(model: ResNet, x: torch.Tensor, seed: int = 0) -> ResNet:
+    """Stand-in for a trained model: random gate FC weights and biases (saliency around 1, varying
+    per instance and channel), random BN affine terms, and BN running statistics taken from batch
+    ``x`` and then perturbed, so BN folding is really exercised while activations stay bounded
+    through deep networks (untrained random statistics make them explode). Leaves ``model`` in eval
+    mode with all gates open."""
+    g = torch.Generator().manual_seed(seed)
+    for gate in model.gates():
+        gate.fc1.weight.copy_(torch.randn(gate.fc1.weight.shape, generator=g)
+                              * (2.0 / gate.c_in) ** 0.5)
+        # Bias spread sets which channels tend to be kept; the small FC2 weights make saliency
+        # vary per instance (and keep its mean near 1: larger ones feed back through the
+        # residual stream, since saliency scales the features the next gates read).
+        gate.fc2.weight.copy_(torch.randn(gate.fc2.weight.shape, generator=g)
+                              * (0.04 / gate.hidden) ** 0.5)
+        gate.fc2.bias.copy_(1.0 + 0.25 * torch.randn(gate.c_out, generator=g))
+        gate.threshold.fill_(-10000.0)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(bn.num_features, generator=g) * 0.2)
+        bn.reset_running_stats()
+        bn.momentum = None                   # cumulative average: one batch -> its statistics
+    # One train-mode pass: BN takes this batch's statistics, and each gate's FC1 is rescaled to
+    # the size of the features it reads, so saliency stays around 1 at every depth (otherwise it
+    # grows with the residual stream and saturates at the clamp).
+    def rescale_fc1(gate, inputs):
+        pooled = inputs[0].float().mean((2, 3))
+        gate.fc1.weight.div_(pooled.pow(2).mean().sqrt().clamp(min=1e-6))
+
+    handles = [gate.register_forward_pre_hook(rescale_fc1) for gate in model.gates()]
+    model.train()
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    model.eval()
+    for bn in bns:
+        bn.momentum = 0.1
+        c = bn.num_features
+        # Floor: a channel (nearly) constant on this batch would otherwise get a huge 1/sqrt(var)
+        # and amplify the small changes that masks make, and deep nets (ResNet-110) overflow.
+        var = bn.running_var
+        var.mul_(torch.rand(c, generator=g) * 0.6 + 0.7).add_(0.05 * float(var.mean()) + 1e-3)
+        bn.running_mean.add_(torch.randn(c, generator=g) * 0.1 * bn.running_var.sqrt())
+    for gate in model.gates():
+        gate.reset_statistics()
+    return model
+
+
+def _robust_threshold(pi: torch.Tensor, remain: float, window: float = 0.05) -> float:
+    """A threshold keeping about ``remain`` of the values in ``pi``, placed in the widest gap
+    between neighbouring values near that quantile, so that rounding differences between two
+    implementations of the same gate cannot flip a decision."""
+    v = pi.flatten().double().sort(descending=True).values
+    n = v.numel()
+    k = round(remain * n)
+    if k >= n:
+        return -10000.0                       # keep everything (the gates' initial threshold)
+    if k <= 0:
+        return float(v[0]) + 1.0              # keep nothing
+    span = int(window * n)
+    lo, hi = max(1, k - span), min(n - 1, k + span)
+    gaps = v[lo - 1:hi] - v[lo:hi + 1]          # gap between v[i-1] and v[i], i in [lo, hi]
+    i = lo + int(gaps.argmax())
+    return float((v[i - 1] + v[i]) / 2)
+
+
+@torch.no_grad()
+def calibrate_thresholds_(model: ResNet, x: torch.Tensor, remain: float,
+                          window: float = 0.05) -> ResNet:
+    """Set every gate's threshold so that it keeps about ``remain`` of its channels on batch ``x``.
+
+    One forward pass: a hook on each gate sets its threshold from this batch's saliency before the
+    next gate runs, so gate 2 is calibrated on the tensor gate 1's final mask produces.
+    ``window`` (see :func:`_robust_threshold`): 0 for an exact quantile.
+    """
+    def hook(gate, _inputs, _output):
+        gate.threshold.fill_(_robust_threshold(gate.saliency, remain, window))
+        gate.keep = gate.saliency >= gate.threshold
+        return gate.saliency * gate.keep
+
+    handles = [g.register_forward_hook(hook) for g in model.gates()]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return model
+
+
+@torch.no_grad()
+def calibrate_to_reduction_(model: ResNet, x: torch.Tensor, reduction_pct: float,
+                            steps: int = 10, window: float = 0.0) -> float:
+    """Choose one keep fraction for all gates (by bisection, starting from the uniform-keep rate of
+    :func:`manidp.macs.remain_rate_for_reduction`) so that the mean MAC reduction on ``x`` is
+    ``reduction_pct``; returns the measured reduction."""
+    from .macs import InstanceCounter, kept_counts, remain_rate_for_reduction
+    counter = InstanceCounter(model, x.shape[-1])
+
+    def reduction(remain: float) -> float:
+        calibrate_thresholds_(model, x, remain, window)
+        model(x)
+        return 100.0 * (1 - float(counter.count(kept_counts(model)).double().mean()) / counter.dense)
+
+    lo, hi = 0.0, 1.0                            # reduction(lo) >= target >= reduction(hi)
+    remain = remain_rate_for_reduction(model, reduction_pct, x.shape[-1])
+    best = (abs(reduction(remain) - reduction_pct), remain)
+    for _ in range(steps):
+        r = reduction(remain)
+        best = min(best, (abs(r - reduction_pct), remain))
+        if r >= reduction_pct:
+            lo = remain
+        else:
+            hi = remain
+        remain = (lo + hi) / 2
+    return reduction(best[1])

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-detach-weight", dest="detach_weight", action="store_false",
                    help="let gradient flow through the complexity weight into CE, as the official code does "
                         "(default: detached; see manidp/losses.py)")
+    g.add_argument("--gate-init", choices=["zero", "kaiming"], default="zero",
+                   help="FC2 weights of the fresh gates: zero, so the gated network starts as the baseline "
+                        "(default), or kaiming as the official code (see manidp/models/gate.py)")
     g.add_argument("--no-complexity-weighting", dest="complexity_weighting", action="store_false",
                    help="ablation: w_i = 1 for every instance")
 
@@ -125,7 +128,7 @@ def _train_config(args: argparse.Namespace, method: str):
         limit_test=args.limit_test, eval_every=args.eval_every, cache_dir=args.cache_dir,
         download=args.download, baseline=getattr(args, "baseline", None),
         remain_rate=getattr(args, "remain_rate", None), target_reduction=getattr(args, "target_reduction", None),
-        losses=losses)
+        gate_init=getattr(args, "gate_init", "zero"), losses=losses)
 
 
 def cmd_train(args, method: str) -> None:

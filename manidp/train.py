@@ -67,6 +67,7 @@ class TrainConfig:
     baseline: str | None = None       # dense checkpoint to start from (ours or a torchvision state dict)
     remain_rate: float | None = None  # target remain rate t; or give target_reduction
     target_reduction: float | None = None  # target MAC reduction in %, turned into t by macs.remain_rate_for_reduction
+    gate_init: str = "zero"           # FC2 weights of fresh gates: zero (ours) or kaiming (official); see models/gate.py
     losses: LossOptions = field(default_factory=LossOptions)
 
     def validate(self) -> None:
@@ -97,7 +98,8 @@ class TrainConfig:
 
 # Options whose change makes a checkpoint meaningless for resuming; the rest (device, workers...) may change.
 _RESUME_KEYS = ("method", "arch", "dataset", "epochs", "batch_size", "lr", "momentum", "nesterov",
-                "weight_decay", "seed", "limit_train", "remain_rate", "target_reduction", "losses", "image_size")
+                "weight_decay", "seed", "limit_train", "remain_rate", "target_reduction", "losses", "image_size",
+                "gate_init")
 
 
 def seed_everything(seed: int) -> None:
@@ -161,7 +163,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, cfg: Tr
             ce_sum = float(loss.detach()) * y.numel()
         if not torch.isfinite(loss):
             raise ManidpError(
-                f"the loss became {float(loss)} in epoch {epoch + 1}, step {step + 1}; nothing was written and "
+                f"the loss became {float(loss.detach())} in epoch {epoch + 1}, step {step + 1}; nothing was written and "
                 f"the last good checkpoint ({ckpt_path if ckpt_path.exists() else 'none yet'}) is kept: "
                 f"lower --lr or the loss weights (--lambda-sparse, --lambda-sim) and rerun")
         optimizer.zero_grad(set_to_none=True)
@@ -206,7 +208,8 @@ def run(cfg: TrainConfig, stop_after_epoch: int | None = None, show_progress: bo
         cfg.dataset, cfg.data, cfg.batch_size, device=device, seed=cfg.seed, workers=cfg.workers,
         image_size=cfg.image_size, cache_dir=cfg.cache_dir, download=cfg.download,
         limit_train=cfg.limit_train, limit_test=cfg.limit_test)
-    model = build_model(cfg.arch, num_classes=info["num_classes"], gated=cfg.method == "manidp")
+    model = build_model(cfg.arch, num_classes=info["num_classes"], gated=cfg.method == "manidp",
+                        fc2_init=cfg.gate_init)
     model.input_size = cfg.image_size or info.get("input_size") or model.input_size
 
     if cfg.method == "manidp":

@@ -24,6 +24,11 @@ def test_gate_as_in_reference():
     assert g64.hidden == 64 and g128.hidden == 64          # r = 1 below 80 channels, r = 2 above
     assert g64.fc1.bias is None and g64.fc2.bias is not None
     assert torch.all(g64.fc2.bias == 1.0)                   # every gate starts open
+    assert torch.all(g64.fc2.weight == 0)                   # ours: saliency starts at exactly 1.0
+    official = build_model("resnet18", gated=True, fc2_init="kaiming").layer1[0].gate1
+    assert float(official.fc2.weight.std()) == pytest.approx((2 / 64) ** 0.5, rel=0.1)
+    with pytest.raises(ManidpError, match="--gate-init 'xavier'"):
+        build_model("resnet20", gated=True, fc2_init="xavier")
     assert float(g64.threshold) == -10000.0
     # gate 2 reads the conv_a output: its input width is the block's width
     assert model.layer2[0].gate1.c_in == 64 and model.layer2[0].gate2.c_in == 128
@@ -45,17 +50,15 @@ def test_saliency_clamped_and_kept_channels_scaled():
     torch.testing.assert_close(m, expected.expand(3, 16))
 
 
-def test_gated_with_unit_saliency_equals_plain():
-    # With saliency 1 everywhere and nothing pruned, the gated network computes the plain one.
+def test_fresh_gated_model_computes_its_baseline():
+    # Fresh gates (FC2 weights zero, bias 1) give saliency 1 everywhere and prune nothing, so the
+    # gated network starts as exactly the dense network it was loaded from.
     torch.manual_seed(0)
     plain = build_model("resnet20").eval()
     gated = build_model("resnet20", gated=True).eval()
     load_dense_state_dict(gated, plain.state_dict())
+    x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        for g in gated.gates():
-            g.fc2.weight.zero_()
-            g.fc2.bias.fill_(1.0)
-        x = torch.randn(4, 3, 32, 32)
         torch.testing.assert_close(gated(x), plain(x))
 
 
@@ -91,16 +94,22 @@ def test_unknown_architecture():
 
 
 @pytest.mark.parametrize("detach", [True, False])
-def test_every_parameter_gets_a_gradient(detach):
+@pytest.mark.parametrize("init", ["zero", "kaiming"])
+def test_every_parameter_gets_a_gradient(detach, init):
     torch.manual_seed(0)
-    model = build_model("resnet20", gated=True).train()
+    model = build_model("resnet20", gated=True, fc2_init=init).train()
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    opts = LossOptions(lambda_sparse=0.1, lambda_sim=0.1, detach_weight=detach)
+    if init == "zero":   # FC1 sees gradient once FC2 is non-zero, i.e. from the second step on
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        manidp_loss(model, model(x), y, reference_loss=10.0, opts=opts)[0].backward()
+        opt.step()
+        opt.zero_grad()
     model(x)
     for g in model.gates():  # prune about half the channels so masks are real
         g.threshold.fill_(float(g.saliency.detach().median()))
     logits = model(x)
-    loss, parts = manidp_loss(model, logits, y, reference_loss=10.0,
-                              opts=LossOptions(lambda_sparse=0.1, lambda_sim=0.1, detach_weight=detach))
+    loss, parts = manidp_loss(model, logits, y, reference_loss=10.0, opts=opts)
     assert float(parts["weight"].sum()) > 0                 # some instances are easy enough to be weighted
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]

@@ -11,11 +11,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ManidpError
+
 # Defaults of the official code; each is a named option of Gate.
 REDUCTION_BELOW = 80       # r = 1 when C_out < 80, else r = 2
 REDUCTION = 2
 SALIENCY_CLAMP = 1000.0    # pi = clamp(ReLU(FC2(...)), max=1000)
 FC2_BIAS_INIT = 1.0        # every gate starts open
+# FC2 weight initialisation. The official code draws it Kaiming-normal ("kaiming"). We default to
+# "zero": every saliency then starts at exactly FC2's bias (1.0), so the freshly gated network computes
+# the dense baseline it was loaded from. With Kaiming FC2 the saliencies of deep gates start in the
+# hundreds (clamped at 1000) and multiply from block to block: a gated CIFAR ResNet-20 loaded from its
+# baseline gives logits of ~1e4 instead of ~10 and a first loss of 70-130 (6 of 6 seeds), and has
+# produced a NaN loss at the first step; one-stage pruning "from a pretrained model" then starts from a
+# destroyed function. FC1 stays Kaiming-normal, so gradients reach it from the second step on.
+FC2_INITS = ("zero", "kaiming")
 INITIAL_THRESHOLD = -10000.0
 
 
@@ -31,14 +41,19 @@ class Gate(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, reduction: int = REDUCTION,
                  reduction_below: int = REDUCTION_BELOW, clamp: float = SALIENCY_CLAMP,
-                 bias_init: float = FC2_BIAS_INIT):
+                 bias_init: float = FC2_BIAS_INIT, fc2_init: str = "zero"):
         super().__init__()
         hidden = c_out if c_out < reduction_below else c_out // reduction
         self.c_in, self.hidden, self.c_out, self.clamp = c_in, hidden, c_out, clamp
         self.fc1 = nn.Linear(c_in, hidden, bias=False)
         self.fc2 = nn.Linear(hidden, c_out, bias=True)
         nn.init.kaiming_normal_(self.fc1.weight)
-        nn.init.kaiming_normal_(self.fc2.weight)
+        if fc2_init == "kaiming":
+            nn.init.kaiming_normal_(self.fc2.weight)
+        elif fc2_init == "zero":
+            nn.init.zeros_(self.fc2.weight)
+        else:
+            raise ManidpError(f"--gate-init '{fc2_init}' is unknown: use one of {', '.join(FC2_INITS)}")
         nn.init.constant_(self.fc2.bias, bias_init)
         self.register_buffer("threshold", torch.tensor(INITIAL_THRESHOLD))
         self.register_buffer("saliency_sum", torch.zeros(c_out, dtype=torch.float64))

@@ -1,0 +1,110 @@
+"""The experiment list: one ManiDP row of the paper per line (``config/experiments.tsv``).
+
+Columns (tab-separated; ``#`` starts a comment line; empty cells take the default):
+
+``dataset``           cifar10 | imagenet
+``arch``              resnet20, resnet32, resnet56, resnet110 (cifar10); resnet18, resnet34 (imagenet)
+``point``             operating point, part of the output path ``manidp-{point}`` (letters/digits)
+``published``         the method's name in ``published.csv`` (ManiDP, ManiDP-A, ManiDP-B) whose
+                      numbers this row regenerates and is compared with
+``target_reduction``  target MAC reduction in %; empty: the published row's FLOPs reduction
+``lambda_sparse``     lambda_1 of this row; empty: the config's ``manidp.<dataset>.lambda_sparse``
+``lambda_sim``        lambda_2 of this row; empty: the config's ``manidp.<dataset>.lambda_sim``
+
+Every problem is one line naming the file, the row and the column.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import ManidpError
+from . import published as pub
+
+# The architectures each dataset's table can hold. A torch-free mirror of manidp.models.ARCHS
+# (so the DAG builds without importing torch); tests/test_pipeline.py keeps the two in step.
+ARCHS = {"cifar10": ("resnet20", "resnet32", "resnet56", "resnet110"),
+         "imagenet": ("resnet18", "resnet34")}
+COLUMNS = ("dataset", "arch", "point", "published", "target_reduction", "lambda_sparse", "lambda_sim")
+REQUIRED = ("dataset", "arch", "point", "published")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    dataset: str
+    arch: str
+    point: str
+    published: str                    # method name in published.csv
+    target_reduction: float           # % of dense MACs to remove
+    lambda_sparse: float | None = None
+    lambda_sim: float | None = None
+
+    @property
+    def variant(self) -> str:
+        return f"manidp-{self.point}"
+
+
+def load(path: str | Path, published: pd.DataFrame) -> list[Experiment]:
+    """Read and check the experiment list against the known architectures and the published table."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManidpError(f"{path}: experiment list not found (config key: experiments)")
+    try:
+        df = pd.read_csv(path, sep="\t", comment="#", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ManidpError(f"{path}: not a readable TSV ({type(e).__name__}): one experiment per line, "
+                          f"tab-separated columns {', '.join(COLUMNS)}") from None
+    unknown = [c for c in df.columns if c not in COLUMNS]
+    if unknown:
+        raise ManidpError(f"{path}: unknown column {unknown[0]!r}; the columns are {', '.join(COLUMNS)}")
+    for c in REQUIRED:
+        if c not in df.columns:
+            raise ManidpError(f"{path}: column {c!r} is missing; the columns are {', '.join(COLUMNS)}")
+    out, seen = [], set()
+    for i, row in enumerate(df.to_dict("records")):
+        where = f"{path} row {i + 1}"
+        row = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
+        ds, arch, point, method = row["dataset"], row["arch"], row["point"], row["published"]
+        if ds not in ARCHS:
+            raise ManidpError(f"{where}: unknown dataset {ds!r} (column dataset); choose one of {', '.join(ARCHS)}")
+        if arch not in ARCHS[ds]:
+            every = [a for archs in ARCHS.values() for a in archs]
+            hint = (f"{arch} is an architecture for {next(d for d in ARCHS if arch in ARCHS[d])}, not {ds}"
+                    if arch in every else f"unknown architecture {arch!r}")
+            raise ManidpError(f"{where}: {hint} (column arch); choose one of {', '.join(ARCHS[ds])}")
+        if not re.fullmatch(r"[A-Za-z0-9]+", point or ""):
+            raise ManidpError(f"{where}: point {point!r} must be letters and digits (it names the folder manidp-<point>)")
+        if (ds, arch, point) in seen:
+            raise ManidpError(f"{where}: {ds} {arch} point {point} is listed twice")
+        seen.add((ds, arch, point))
+        ref = pub.lookup(published, ds, arch, method)
+        target = _number(row.get("target_reduction", ""), where, "target_reduction")
+        if target is None:
+            if ref is None or pd.isna(ref["flops_reduction_pct"]):
+                raise ManidpError(f"{where}: no published row {pub.model_name(arch)} {method!r} on "
+                                  f"{pub.DATASET_NAMES[ds]} (column published) to take the target from; "
+                                  f"fix the name or give target_reduction")
+            target = float(ref["flops_reduction_pct"])
+        if not 0 < target < 100:
+            raise ManidpError(f"{where}: target_reduction {target} must be in (0, 100)")
+        out.append(Experiment(ds, arch, point, method, target,
+                              _number(row.get("lambda_sparse", ""), where, "lambda_sparse"),
+                              _number(row.get("lambda_sim", ""), where, "lambda_sim")))
+    if not out:
+        raise ManidpError(f"{path}: lists no experiment")
+    return out
+
+
+def _number(text, where: str, column: str) -> float | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ManidpError(f"{where}: {column} {text!r} is not a number") from None
+    if not value >= 0:
+        raise ManidpError(f"{where}: {column} {text!r} must be >= 0")
+    return value
