@@ -6,7 +6,7 @@ For each architecture, in one process and interleaved (A, B, A, B, ...) so both 
 machine state: the median time of one training step of the plain model (CE only) and of the gated
 model with both ManiDP losses, and of one evaluation batch of the gated model with and without
 per-instance MAC accounting. Peak memory is measured in a fresh subprocess per configuration
-(peak RSS minus the RSS after building the model). Inputs are random tensors of CIFAR shape: the
+(peak RSS minus the peak after the imports). Inputs are random tensors of CIFAR shape: the
 benchmark measures compute, not data loading.
 """
 from __future__ import annotations
@@ -74,10 +74,11 @@ def time_pair(a, b, warmup: int, repeats: int) -> tuple[float, float]:
 
 
 def peak_memory_mb(arch: str, kind: str, batch: int, threads: int) -> float:
-    """Peak RSS growth (MB) of 3 steps of ``kind`` in a fresh interpreter."""
+    """Peak RSS growth (MB) over the imports of building ``kind`` and running 3 steps, in a fresh interpreter."""
     code = (f"import torch, resource; torch.set_num_threads({threads});"
-            f"from benchmarks.bench_train import make_step; s = make_step({arch!r}, {kind!r}, {batch});"
-            f"r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; s(); s(); s();"
+            f"from benchmarks.bench_train import make_step;"
+            f"r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+            f"s = make_step({arch!r}, {kind!r}, {batch}); s(); s(); s();"
             f"print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) / 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])

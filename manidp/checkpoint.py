@@ -34,7 +34,7 @@ def load(path: str | Path) -> dict:
         raise ManidpError(f"checkpoint {path} does not exist: check the path (or train it first)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         raise ManidpError(f"checkpoint {path} cannot be read ({type(e).__name__}); it is corrupt or "
                           f"not a PyTorch file: retrain or copy it again") from None
     if not isinstance(obj, dict):

@@ -53,6 +53,8 @@ def _common_run(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     g.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on recent GPUs)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; set it when several jobs share a machine)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="batch size (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     _common_data(p)
 
     p = sub.add_parser("macs", help="dense MACs per layer; remain rate for a target reduction",
@@ -206,6 +209,11 @@ def _result_line(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "threads", None) is not None:
+            if args.threads < 1:
+                raise ManidpError(f"--threads must be >= 1 (got {args.threads})")
+            import torch
+            torch.set_num_threads(args.threads)
         if args.command == "train-baseline":
             cmd_train(args, "baseline")
         elif args.command == "prune":

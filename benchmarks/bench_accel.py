@@ -1,0 +1,324 @@
+"""Latency of channel skipping (manidp.accel) against the dense and the masked dense model (issue 4).
+
+For each configuration the gated model gets random gates and BN statistics (no trained checkpoint
+is needed) and one keep fraction for all gates, bisected so that the mean MAC reduction over the
+benchmark instances is the paper's ManiDP-B point. Then, side by side in one process, batch 1:
+
+    dense            the plain ResNet with the same weights (torch eager, BN unfolded)
+    masked           the gated model as-is: dense convs times masks (the official code's way)
+    engine           manidp.accel, executing only kept channels
+    engine-all-open  the engine with every gate open: dense cost through the engine's own code
+                     (BN folded, fast max-pool), to separate skipping from those side gains
+
+Latency: median per image over --repeats passes over the instances, after warm-up; variants are
+interleaved in every pass (rotating order) so background load hits them alike. Peak memory: a
+fresh subprocess per variant (ru_maxrss). Batch-32 throughput: dense, masked, engine "loop",
+engine "union".
+
+    python benchmarks/bench_accel.py --out bench_accel.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import pickle
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from manidp import accel  # noqa: E402
+from manidp.macs import InstanceCounter, dense_macs, kept_counts  # noqa: E402
+from manidp.models import build_model  # noqa: E402
+
+# Paper's ManiDP-B MAC reductions (ImageNet) and the CIFAR ResNet-56 row.
+TARGETS = {"resnet34": 55.3, "resnet18": 55.1, "resnet56": 62.4}
+CIFAR_MINI = ROOT.parent / "shared" / "data" / "cifar10-mini.tgz"
+CIFAR_MEAN = torch.tensor([125.3, 123.0, 113.9]).view(1, 3, 1, 1) / 255
+CIFAR_STD = torch.tensor([63.0, 62.1, 66.7]).view(1, 3, 1, 1) / 255
+
+
+def inputs(arch: str, n: int, seed: int) -> torch.Tensor:
+    """Real CIFAR-10 test images for CIFAR nets (random if the subset is absent), random
+    ImageNet-size inputs otherwise."""
+    model = build_model(arch)
+    size = model.input_size
+    if size == 32 and CIFAR_MINI.is_file():
+        with tarfile.open(CIFAR_MINI) as tar:
+            data = pickle.load(tar.extractfile("cifar-10-batches-py/test_batch"), encoding="latin1")
+        x = torch.as_tensor(data["data"][seed * n:(seed + 1) * n]).view(-1, 3, 32, 32).float() / 255
+        return (x - CIFAR_MEAN) / CIFAR_STD
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def prepare(arch: str, n: int, seed: int) -> tuple[torch.nn.Module, torch.Tensor, float]:
+    x = inputs(arch, n, seed)
+    torch.manual_seed(seed)
+    model = accel.randomize_(build_model(arch, gated=True), x, seed=seed)
+    reduction = accel.calibrate_to_reduction_(model, x, TARGETS[arch])
+    return model, x, reduction
+
+
+def dense_twin(model) -> torch.nn.Module:
+    dense = build_model(model.arch).eval()
+    dense.load_state_dict({k: v for k, v in model.state_dict().items() if ".gate" not in k})
+    return dense
+
+
+def all_open(model) -> torch.nn.Module:
+    model = copy.deepcopy(model)
+    for g in model.gates():
+        g.threshold.fill_(-10000.0)
+    return model
+
+
+def variants(model) -> dict:
+    dense, engine = dense_twin(model), accel.convert(model)
+    engine_open = accel.convert(all_open(model))
+    return {"dense": dense, "masked": model, "engine": engine, "engine-all-open": engine_open}
+
+
+CLOCK = time.perf_counter
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call of each fn, ``repeats`` rounds, fns interleaved in rotating order."""
+    names = list(fns)
+    times = {k: [] for k in names}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for k in names:
+                fns[k]()
+        for r in range(repeats):
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                t = CLOCK()
+                fns[k]()
+                times[k].append(CLOCK() - t)
+    return times
+
+
+def batch1(vs: dict, x: torch.Tensor, repeats: int) -> dict:
+    singles = [x[i:i + 1] for i in range(len(x))]
+
+    def run(m):
+        def f():
+            for xi in singles:
+                m(xi)
+        return f
+
+    times = interleaved({k: run(m) for k, m in vs.items()}, repeats)
+    return {k: {"median_ms": 1e3 * statistics.median(v) / len(x),
+                "min_ms": 1e3 * min(v) / len(x)} for k, v in times.items()}
+
+
+def batch32(vs: dict, xb: torch.Tensor, repeats: int) -> dict:
+    fns = {"dense": lambda: vs["dense"](xb), "masked": lambda: vs["masked"](xb),
+           "engine-loop": lambda: vs["engine"](xb, strategy="loop"),
+           "engine-union": lambda: vs["engine"](xb, strategy="union")}
+    times = interleaved(fns, repeats, warmup=1)
+    out = {k: {"images_per_s": len(xb) / statistics.median(v)} for k, v in times.items()}
+    with torch.inference_mode():
+        for strategy in ("loop", "union"):
+            vs["engine"](xb, strategy=strategy)
+            mean = sum(vs["engine"].executed_macs) / len(xb)
+            out[f"engine-{strategy}"]["reduction_pct"] = 100 * (1 - mean / dense_macs(vs["masked"]))
+    return out
+
+
+def profile_blocks(vs: dict, x: torch.Tensor, repeats: int) -> list[dict]:
+    """Per-block latency of the dense model vs the engine, one instance."""
+    dense, engine = vs["dense"], vs["engine"]
+    rows = []
+    with torch.inference_mode():
+        h = dense.stem(x[:1])
+        for j, (db, eb) in enumerate(zip(dense.blocks(), engine.blocks)):
+            out, macs, n1, n2 = eb.forward_one(h.clone())
+            times = interleaved({"dense": lambda: db(h), "engine": lambda: eb.forward_one(h.clone())},
+                                repeats)
+            c = db.conv1
+            rows.append({"block": j, "in": list(h.shape[1:]), "out_channels": c.out_channels,
+                         "stride": c.stride[0], "k1": n1, "k2": n2,
+                         "dense_ms": 1e3 * statistics.median(times["dense"]),
+                         "engine_ms": 1e3 * statistics.median(times["engine"])})
+            h = db(h)
+    return rows
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that over from the
+    parent across fork+exec, so every probe would report the benchmark process's own peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_probe(arch: str, variant: str, state: str, threads: int) -> dict:
+    """Run in a fresh process: peak RSS after setup and after inference of one variant."""
+    torch.set_num_threads(threads)
+    model = build_model(arch, gated=True).eval()
+    model.load_state_dict(torch.load(state))
+    size = model.input_size
+    if variant == "dense":
+        net = dense_twin(model)
+        del model
+    elif variant == "masked":
+        net = model
+    else:
+        net = accel.convert(model)
+        del model
+    gc.collect()
+    setup = peak_rss_mb()
+    x = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        for _ in range(5):
+            net(x)
+    peak = peak_rss_mb()
+    return {"setup_peak_mb": setup, "peak_mb": peak, "inference_growth_mb": peak - setup}
+
+
+def memory(arch: str, model, threads: int) -> dict:
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        state = os.path.join(tmp, "state.pt")
+        torch.save(model.state_dict(), state)
+        for variant in ("dense", "masked", "engine"):
+            cmd = [sys.executable, __file__, "--memory-probe", arch, variant, state,
+                   "--threads", str(threads)]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            out[variant] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def run(arch: str, args) -> dict:
+    t0 = time.time()
+    model, x, reduction = prepare(arch, args.instances, args.seed)
+    vs = variants(model)
+    with torch.inference_mode():
+        vs["engine"](x)
+    executed = vs["engine"].executed_macs
+    with torch.no_grad():
+        model(x)
+    analytic = InstanceCounter(model, x.shape[-1]).count(kept_counts(model)).tolist()
+    dense = dense_macs(model)
+    theory = dense / (sum(executed) / len(executed))
+    result = {"arch": arch, "input_size": x.shape[-1], "instances": len(x),
+              "target_reduction_pct": TARGETS[arch], "reduction_pct": reduction,
+              "dense_macs": dense, "executed_macs_mean": sum(executed) / len(executed),
+              "executed_equals_analytic": executed == analytic,
+              "theoretical_speedup": theory}
+    lat = batch1(vs, x, args.repeats)
+    result["batch1"] = lat
+    speedup = lat["dense"]["median_ms"] / lat["engine"]["median_ms"]
+    result["speedup"] = speedup
+    result["speedup_min"] = lat["dense"]["min_ms"] / lat["engine"]["min_ms"]
+    result["fraction_of_theoretical"] = speedup / theory
+    result["skipping_speedup"] = lat["engine-all-open"]["median_ms"] / lat["engine"]["median_ms"]
+    if args.profile:
+        result["blocks"] = profile_blocks(vs, x, args.repeats)
+    if not args.skip_batch:
+        xb = inputs(arch, args.batch, args.seed + 1)
+        result["batch"] = {"size": args.batch, **batch32(vs, xb, args.batch_repeats)}
+    if not args.skip_memory:
+        result["memory"] = memory(arch, model, args.threads)
+    result["seconds"] = time.time() - t0
+    return result
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| model | MAC red. | theory | dense ms | masked ms | engine ms | speedup | "
+             "of theory | engine all-open ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    # Medians per image; speedup = dense / engine; theory = dense MACs / executed MACs.
+    for r in results:
+        b = r["batch1"]
+        lines.append(
+            f"| {r['arch']} @{r['input_size']} | {r['reduction_pct']:.1f}% | "
+            f"{r['theoretical_speedup']:.2f}x | {b['dense']['median_ms']:.1f} | "
+            f"{b['masked']['median_ms']:.1f} | {b['engine']['median_ms']:.1f} | "
+            f"{r['speedup']:.2f}x | {100 * r['fraction_of_theoretical']:.0f}% | "
+            f"{b['engine-all-open']['median_ms']:.1f} |")
+    if any("batch" in r for r in results):
+        lines += ["", "| model | batch | dense img/s | masked img/s | loop img/s | union img/s | "
+                  "union MAC red. |", "|---|---|---|---|---|---|---|"]
+        for r in results:
+            if "batch" in r:
+                b = r["batch"]
+                lines.append(
+                    f"| {r['arch']} | {b['size']} | {b['dense']['images_per_s']:.1f} | "
+                    f"{b['masked']['images_per_s']:.1f} | {b['engine-loop']['images_per_s']:.1f} | "
+                    f"{b['engine-union']['images_per_s']:.1f} | "
+                    f"{b['engine-union']['reduction_pct']:.1f}% |")
+    if any("memory" in r for r in results):
+        lines += ["", "| model | dense peak MB | masked peak MB | engine peak MB |", "|---|---|---|---|"]
+        for r in results:
+            if "memory" in r:
+                m = r["memory"]
+                lines.append(f"| {r['arch']} | {m['dense']['peak_mb']:.0f} | "
+                             f"{m['masked']['peak_mb']:.0f} | {m['engine']['peak_mb']:.0f} |")
+    for r in results:
+        if "blocks" in r:
+            lines += ["", f"Per block, {r['arch']}, batch 1 (median ms):", "",
+                      "| block | input | k1 | k2 | dense | engine | ratio |", "|---|---|---|---|---|---|---|"]
+            for b in r["blocks"]:
+                lines.append(f"| {b['block']} | {'x'.join(map(str, b['in']))} | {b['k1']} | {b['k2']} | "
+                             f"{b['dense_ms']:.2f} | {b['engine_ms']:.2f} | "
+                             f"{b['engine_ms'] / b['dense_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--archs", default="resnet34,resnet18,resnet56")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--instances", type=int, default=4, help="batch-1 instances per pass")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch-repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: process CPU time, robust to other processes' load; a latency only "
+                        "with --threads 1")
+    p.add_argument("--profile", action="store_true", help="also time every block, dense vs engine")
+    p.add_argument("--skip-batch", action="store_true")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--memory-probe", nargs=3, metavar=("ARCH", "VARIANT", "STATE"),
+                   help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.memory_probe:
+        print(json.dumps(memory_probe(*args.memory_probe, args.threads)))
+        return
+    env = {"torch": torch.__version__, "threads": args.threads, "python": platform.python_version(),
+           "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+           "clock": args.clock, "loadavg_start": os.getloadavg()}
+    results = []
+    for arch in args.archs.split(","):
+        results.append(run(arch, args))
+        print(f"{arch}: done in {results[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
+    env["loadavg_end"] = os.getloadavg()
+    print(table(results))
+    print(f"\n{args.threads} thread(s), {args.clock} clock; load average (1, 5, 15 min): "
+          f"start {env['loadavg_start']}, end {env['loadavg_end']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"env": env, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
