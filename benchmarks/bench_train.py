@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -73,13 +72,20 @@ def time_pair(a, b, warmup: int, repeats: int) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb)
 
 
+def vm_hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
 def peak_memory_mb(arch: str, kind: str, batch: int, threads: int) -> float:
     """Peak RSS growth (MB) over the imports of building ``kind`` and running 3 steps, in a fresh interpreter."""
-    code = (f"import torch, resource; torch.set_num_threads({threads});"
-            f"from benchmarks.bench_train import make_step;"
-            f"r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+    # VmHWM (peak resident set of this process) rather than ru_maxrss, which a child inherits from
+    # its parent across exec.
+    code = (f"import torch; torch.set_num_threads({threads});"
+            f"from benchmarks.bench_train import make_step, vm_hwm_mb; r0 = vm_hwm_mb();"
             f"s = make_step({arch!r}, {kind!r}, {batch}); s(); s(); s();"
-            f"print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) / 1024)")
+            f"print(vm_hwm_mb() - r0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 

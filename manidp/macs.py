@@ -2,7 +2,8 @@
 
 "FLOPs" in the pruning literature means MACs of conv and FC layers; BN, ReLU, pooling and additions
 are not counted, biases are not counted. This module is the only place in the project that computes
-MACs: evaluation, tables and the acceleration engine's self-check all call it.
+MACs: evaluation and tables call it; the acceleration engine counts what it runs from its own shapes, and
+its tests compare that count with this one.
 
 The count is analytic: the cost of every layer comes from its shape (kernel, channels, output size
 computed from stride and padding), not from forward hooks. For a gated block and instance i,
