@@ -82,7 +82,7 @@ def peak_memory_mb(arch: str, kind: str, batch: int, threads: int) -> float:
     """Peak RSS growth (MB) over the imports of building ``kind`` and running 3 steps, in a fresh interpreter."""
     # VmHWM (peak resident set of this process) rather than ru_maxrss, which a child inherits from
     # its parent across exec.
-    code = (f"import torch; torch.set_num_threads({threads});"
+    code = (f"import torch; torch.set_num_threads({threads}); torch.set_flush_denormal(True);"
             f"from benchmarks.bench_train import make_step, vm_hwm_mb; r0 = vm_hwm_mb();"
             f"s = make_step({arch!r}, {kind!r}, {batch}); s(); s(); s();"
             f"print(vm_hwm_mb() - r0)")
@@ -100,6 +100,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)   # as manidp.train does on CPU
     b = args.batch_size
     rows = []
     for arch in args.archs:

@@ -201,6 +201,10 @@ def run(cfg: TrainConfig, stop_after_epoch: int | None = None, show_progress: bo
     from .data import build_loaders
     cfg.validate()
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        # Saliency-scaled, masked activations drift into denormal floats, which x86 CPUs compute
+        # ~5x slower (a ResNet-20 ManiDP step went from 0.5 s to 2.6 s); values below 1e-38 change nothing.
+        torch.set_flush_denormal(True)
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
     seed_everything(cfg.seed)

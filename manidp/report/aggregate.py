@@ -24,7 +24,7 @@ KEYS = ("dataset", "arch", "variant", "point", "published")
 def read_eval(path: str | Path) -> dict:
     """Load one eval JSON; a missing, truncated or foreign file is one line that says what to do."""
     path = Path(path)
-    fix = "delete it and rerun snakemake (only the steps that made it run again)"
+    fix = "delete it and rerun snakemake with --forcerun aggregate (only the missing steps run again)"
     if not path.is_file():
         raise ManidpError(f"{path}: missing; rerun snakemake to measure it")
     try:
@@ -108,11 +108,11 @@ def read_csv(path: str | Path, what: str) -> pd.DataFrame:
         raise ManidpError(f"{path}: missing; rerun snakemake to make it") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ManidpError(f"{path}: not a readable {what} CSV ({type(e).__name__}); the file is "
-                          f"truncated or corrupt: delete it and rerun snakemake") from None
+                          f"truncated or corrupt: delete it and rerun snakemake with --forcerun aggregate") from None
     need = {"dataset", "arch", "variant"}
     if not need <= set(df.columns):
         raise ManidpError(f"{path}: not a {what} CSV (needs columns {', '.join(sorted(need))}): "
-                          f"delete it and rerun snakemake")
+                          f"delete it and rerun snakemake with --forcerun aggregate")
     for k in ("point", "published", "runs", "data_source"):
         if k in df.columns:
             df[k] = df[k].fillna("").astype(str)

@@ -1,0 +1,187 @@
+"""manidp.report: published numbers, experiment list, data check, aggregation, comparison, tables."""
+import json
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from manidp.errors import ManidpError
+from manidp.report import aggregate, compare, datacheck, experiments, published, tables
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = ROOT / "paper_tables" / "published.csv"
+TEMPLATES = ROOT / "paper_tables" / "templates"
+
+
+@pytest.fixture(scope="module")
+def pub():
+    return published.load(PUBLISHED)
+
+
+def test_published_copy_matches_the_reference(pub):
+    ref = ROOT.parent / "shared" / "reference" / "published-tables.csv"
+    if ref.is_file():
+        assert PUBLISHED.read_text() == ref.read_text()
+    assert len(published.rows(pub, "imagenet")) == 21 and len(published.rows(pub, "cifar10")) == 23
+
+
+def test_exactly_the_two_known_inconsistencies_are_flagged(pub):
+    found = {(i.arch, i.method, i.metric): (i.printed, i.recomputed) for i in published.inconsistencies(pub)}
+    assert found == {("resnet34", "FPGM", "top1_gap"): (0.07, 0.77), ("resnet34", "FBS", "top1_gap"): (1.85, 1.65)}
+
+
+def test_experiment_targets_come_from_the_published_table(pub):
+    rows = experiments.load(ROOT / "config" / "experiments.tsv", pub)
+    got = {(x.dataset, x.arch, x.published): x.target_reduction for x in rows}
+    assert got == {("cifar10", "resnet20", "ManiDP"): 54.2, ("cifar10", "resnet32", "ManiDP"): 63.2,
+                   ("cifar10", "resnet56", "ManiDP"): 62.4, ("imagenet", "resnet18", "ManiDP-A"): 51.0,
+                   ("imagenet", "resnet18", "ManiDP-B"): 55.1, ("imagenet", "resnet34", "ManiDP-A"): 46.8,
+                   ("imagenet", "resnet34", "ManiDP-B"): 55.3}
+
+
+def test_arch_lists_mirror_the_models():
+    from manidp.models import ARCHS
+    assert {a for archs in experiments.ARCHS.values() for a in archs} == set(ARCHS)
+    for ds, archs in experiments.ARCHS.items():
+        assert {ARCHS[a].family for a in archs} == {"cifar" if ds == "cifar10" else "imagenet"}
+
+
+@pytest.mark.parametrize("line, message", [
+    ("cifar10\tresnet99\tpaper\tManiDP", r"row 1: unknown architecture 'resnet99' \(column arch\)"),
+    ("cifar10\tresnet18\tpaper\tManiDP", r"row 1: resnet18 is an architecture for imagenet, not cifar10"),
+    ("mnist\tresnet20\tpaper\tManiDP", r"row 1: unknown dataset 'mnist'"),
+    ("cifar10\tresnet20\tpaper\tManiDP-Z", r"row 1: no published row ResNet-20 'ManiDP-Z'"),
+    ("cifar10\tresnet20\tpa-per\tManiDP", r"row 1: point 'pa-per' must be letters and digits"),
+])
+def test_bad_experiment_rows_are_one_line(tmp_path, pub, line, message):
+    path = tmp_path / "x.tsv"
+    path.write_text("dataset\tarch\tpoint\tpublished\n" + line + "\n")
+    with pytest.raises(ManidpError, match=message) as e:
+        experiments.load(path, pub)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_datasets_name_the_config_key(tmp_path):
+    with pytest.raises(ManidpError, match=r"^data\.cifar10\.path: .* does not exist; set data\.cifar10\.path"):
+        datacheck.check_dataset("cifar10", str(tmp_path / "none"), "data.cifar10.path")
+    with pytest.raises(ManidpError, match=r"^data\.imagenet\.path: .* is not a folder; set data\.imagenet\.path"):
+        datacheck.check_dataset("imagenet", str(tmp_path / "none"), "data.imagenet.path")
+    (tmp_path / "inet" / "train" / "n01").mkdir(parents=True)
+    (tmp_path / "inet" / "train" / "n01" / "x.png").write_bytes(b"")
+    with pytest.raises(ManidpError, match=r"^data\.imagenet\.path: .*val is missing"):
+        datacheck.check_dataset("imagenet", str(tmp_path / "inet"), "data.imagenet.path")
+    bad = tmp_path / "bad.tgz"
+    bad.write_bytes(b"not an archive")
+    with pytest.raises(ManidpError, match=r"^data\.cifar10\.path: "):
+        datacheck.check_dataset("cifar10", str(bad), "data.cifar10.path", cache_dir=str(tmp_path / "c"))
+
+
+def _eval(top1, top5, reduction, dense=40e6, gate=1e4):
+    return {"top1": top1, "top5": top5, "loss": 1.0, "instances": 10, "data_source": "test data",
+            "macs": {"macs_mean": dense * (1 - reduction / 100), "macs_std": 0.0, "macs_min": 0.0,
+                     "macs_max": dense, "dense_macs": dense, "gate_macs": gate, "reduction_pct": reduction,
+                     "histogram": {"counts": [10], "edges": [0.0, dense]}, "keep_rates": {"g1": 0.5}}}
+
+
+def _specs(tmp_path, results):
+    specs = []
+    for (variant, seed), result in results.items():
+        path = tmp_path / f"{variant}-{seed}.json"
+        path.write_text(json.dumps(result))
+        specs.append(dict(dataset="cifar10", arch="resnet20", variant=variant,
+                          point="" if variant == "baseline" else "paper",
+                          published="Baseline" if variant == "baseline" else "ManiDP", run=f"seed{seed}",
+                          seed=seed, baseline_run="" if variant == "baseline" else f"seed{seed}",
+                          target_reduction=54.2, eval=str(path)))
+    return specs
+
+
+def test_aggregate_pairs_gaps_and_gives_mean_std_n(tmp_path):
+    specs = _specs(tmp_path, {("baseline", 0): _eval(92.0, 99.0, 0.0), ("baseline", 1): _eval(92.4, 99.0, 0.0),
+                              ("manidp-paper", 0): _eval(91.8, 99.0, 54.0), ("manidp-paper", 1): _eval(91.8, 99.0, 55.0)})
+    runs = aggregate.collect(specs)
+    summary = aggregate.summarize(runs).set_index("variant")
+    m = summary.loc["manidp-paper"]
+    assert m["n"] == 2 and m["top1_err_mean"] == pytest.approx(8.2)
+    assert m["top1_gap_mean"] == pytest.approx((0.2 + 0.6) / 2)          # paired per seed
+    assert m["reduction_pct_mean"] == pytest.approx(54.5) and m["reduction_pct_std"] == pytest.approx(0.7071, 1e-3)
+    single = aggregate.summarize(runs[runs["run"] == "seed0"]).set_index("variant")
+    assert math.isnan(single.loc["manidp-paper", "top1_err_std"])
+
+
+def test_corrupt_eval_json_is_one_clear_line(tmp_path):
+    path = tmp_path / "eval.json"
+    path.write_text('{"top1": 91.2, "top5"')   # truncated
+    with pytest.raises(ManidpError, match=r"eval\.json: not valid JSON .* truncated or corrupt: delete it and rerun"):
+        aggregate.read_eval(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ManidpError, match="not an evaluation result"):
+        aggregate.read_eval(path)
+
+
+def _summary(err, err_std, red, n=3):
+    return pd.DataFrame([
+        dict(dataset="cifar10", arch="resnet20", variant="baseline", point="", published="Baseline", n=n,
+             top1_err_mean=7.8, top1_err_std=0.1, top5_err_mean=0.3, top5_err_std=0.0, top1_gap_mean=0.0,
+             top1_gap_std=0.0, top5_gap_mean=0.0, top5_gap_std=0.0, reduction_pct_mean=0.0, reduction_pct_std=0.0),
+        dict(dataset="cifar10", arch="resnet20", variant="manidp-paper", point="paper", published="ManiDP", n=n,
+             top1_err_mean=err, top1_err_std=err_std, top5_err_mean=0.3, top5_err_std=0.0,
+             top1_gap_mean=err - 7.8, top1_gap_std=err_std, top5_gap_mean=0.0, top5_gap_std=0.0,
+             reduction_pct_mean=red, reduction_pct_std=0.5)])
+
+
+@pytest.mark.parametrize("err, std, red, err_status, red_status", [
+    (8.30, 0.05, 55.0, compare.WITHIN, compare.WITHIN),      # 0.35 <= 0.5; 0.8 <= 2
+    (8.95, 0.30, 50.0, compare.WORSE, compare.WORSE),        # 1.0 > max(0.5, 2 x 0.3); 4.2 > 2
+    (7.00, 0.05, 60.0, compare.BETTER, compare.BETTER),
+    (9.00, 0.05, 53.0, compare.WORSE, compare.WITHIN),
+])
+def test_tolerance_statuses(pub, err, std, red, err_status, red_status):
+    df = compare.compare(_summary(err, std, red), pub, "cifar10", compare.Tolerance(), smoke=False)
+    got = df[(df["variant"] == "manidp-paper")].set_index("metric")
+    assert got.loc["top1_err", "status"] == err_status
+    assert got.loc["mac_reduction", "status"] == red_status
+    assert got.loc["top1_err", "difference"] == pytest.approx(err - 7.95)
+    assert got.loc["top1_gap", "published_source"].startswith("derived")   # Table 4 prints no gap
+    assert got.loc["top5_err", "status"] == compare.NOT_COMPARABLE          # nor a top-5 error
+
+
+def test_two_std_widens_the_tolerance(pub):
+    df = compare.compare(_summary(8.95, 0.6, 54.2), pub, "cifar10", compare.Tolerance(), smoke=False)
+    assert df.set_index(["variant", "metric"]).loc[("manidp-paper", "top1_err"), "status"] == compare.WITHIN
+
+
+def test_smoke_is_never_a_pass(pub):
+    df = compare.compare(_summary(7.95, 0.0, 54.2), pub, "cifar10", compare.Tolerance(), smoke=True)
+    assert set(df[df["kind"] == "regenerated"]["status"]) == {compare.NOT_COMPARABLE}
+
+
+def test_imagenet_comparison_flags_the_printed_gaps(pub):
+    df = compare.compare(pd.DataFrame(columns=["dataset"]), pub, "imagenet", compare.Tolerance(), smoke=True)
+    flags = df[df["kind"] == "published-inconsistency"]
+    assert sorted(flags["method"]) == ["FBS", "FPGM"] and set(flags["status"]) == {compare.FLAGGED}
+    md = compare.to_markdown(df, "imagenet", "smoke", True, compare.Tolerance(), [])
+    assert "0.07" in md and "0.77" in md and "1.85" in md and "1.65" in md and "SMOKE RUN" in md
+
+
+def test_templates_hold_no_numbers():
+    for path in TEMPLATES.glob("*.j2"):
+        assert not re.search(r"\d+\.\d+", path.read_text()), path
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenet"])
+def test_tables_mark_our_rows_and_keep_printed_values(pub, dataset):
+    summary = _summary(8.123, 0.25, 55.55).assign(dataset=dataset, gate_macs=1e4, dense_macs=4e7,
+                                                  data_source="test data")
+    if dataset == "imagenet":
+        summary = summary.assign(arch="resnet34", published=["Baseline", "ManiDP-B"])
+    ctx = tables.table_context(dataset, pub, summary, label="full")
+    tex = tables.render(TEMPLATES, dataset, "tex", ctx)
+    md = tables.render(TEMPLATES, dataset, "md", ctx)
+    assert "(ours, regenerated)$^\\dagger$ (n=3)" in tex and "(ours, regenerated) †** (n=3)" in md
+    assert "8.12$\\pm$0.25" in tex and "8.12 ± 0.25" in md and "55.5" in md
+    assert "multiply-accumulates" in tex and "SMOKE" not in tex
+    if dataset == "imagenet":
+        assert "0.07$^\\ddagger$" in tex and "1.85 ‡" in md and "27.46 $-$ 26.69 = 0.77" in tex

@@ -1,0 +1,216 @@
+# Helpers shared by every rule: the validated config, the experiment list, output paths and the
+# command-line options each step gets. Nothing here reads a dataset, so `snakemake -n` always works.
+
+import shlex
+import sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+REPO = Path(workflow.main_snakefile).resolve().parent
+if str(REPO) not in sys.path:  # the manidp package, even when it is not pip-installed
+    sys.path.insert(0, str(REPO))
+
+from manidp.errors import ManidpError
+from manidp.report import experiments as exps
+from manidp.report import published as pub
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _coerce(value, schema):
+    """--config KEY=[0,1,2] arrives as strings (Snakemake parses nested values with YAML's
+    BaseLoader): turn strings back into the numbers/booleans/nulls the schema asks for."""
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: _coerce(v, props.get(k, {})) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce(v, schema.get("items", {})) for v in value]
+    if isinstance(value, str) and "string" not in types and types:
+        parsed = yaml.safe_load(value) if value.strip() else value
+        if isinstance(parsed, (int, float, bool)) or parsed is None:
+            return parsed
+    return value
+
+
+def _validate_config():
+    """Snakemake's validate (which also fills the defaults), with the first error as one line."""
+    config.update(_coerce(dict(config), yaml.safe_load(SCHEMA.read_text())))
+    try:
+        validate(config, str(SCHEMA))
+    except WorkflowError:
+        schema = yaml.safe_load(SCHEMA.read_text())
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+        if error is None:
+            raise
+        where = ".".join(str(p) for p in error.absolute_path) or "top level"
+        raise WorkflowError(f"invalid config at {where}: {error.message} "
+                            f"(keys and types: workflow/schemas/config.schema.yaml)") from None
+
+
+_validate_config()
+
+RESULTS = config["results"].rstrip("/")
+TABLES = config["tables"].rstrip("/")
+SMOKE = config["smoke"]
+LABEL = config["label"]
+SEEDS = config["seeds"]
+
+if SMOKE and any(Path(p).resolve() == (REPO / full).resolve()
+                 for p, full in ((RESULTS, "results"), (TABLES, "paper_tables"))):
+    raise WorkflowError("smoke: true needs its own results and tables folders (e.g. results: results/smoke, "
+                        "tables: results/smoke/paper_tables) so that it never overwrites full-run outputs")
+
+try:
+    PUBLISHED = pub.load(config["published"])
+    EXPERIMENTS = exps.load(config["experiments"], PUBLISHED)
+except ManidpError as e:
+    raise WorkflowError(str(e)) from None
+
+_unknown = [a for a in config["archs"] if a not in {x.arch for x in EXPERIMENTS}]
+if _unknown:
+    raise WorkflowError(f"invalid config at archs: {_unknown[0]!r} is not an architecture of "
+                        f"{config['experiments']}; choose among {', '.join(sorted({x.arch for x in EXPERIMENTS}))}")
+if config["archs"]:
+    EXPERIMENTS = [x for x in EXPERIMENTS if x.arch in config["archs"]]
+DATASETS = list(dict.fromkeys(x.dataset for x in EXPERIMENTS))
+
+wildcard_constraints:
+    dataset="|".join(exps.ARCHS),
+    arch="resnet[0-9]+",
+    seed="[0-9]+",
+    point="[A-Za-z0-9]+",
+    variant="baseline|manidp-[A-Za-z0-9]+",
+    run="seed[0-9]+|torchvision",
+
+
+# ------------------------------------------------------------------------------ paths
+
+def run_dir(dataset, arch, variant, run):
+    """The folder of one run: {results}/{dataset}/{arch}/{variant}/{run}."""
+    return f"{RESULTS}/{dataset}/{arch}/{variant}/{run}"
+
+
+def uses_torchvision(dataset):
+    return dataset == "imagenet" and config["imagenet_baseline"]["source"] == "torchvision"
+
+
+def baseline_run(dataset, seed):
+    """The baseline a run of `seed` starts from: the same seed, or torchvision's weights."""
+    return "torchvision" if uses_torchvision(dataset) else f"seed{seed}"
+
+
+def done_marker(dataset, arch, variant, run):
+    """The file that says a run is complete: metrics.json is written last by `manidp train-baseline`
+    and `manidp prune` (their checkpoint.pt is not a declared output, so Snakemake never deletes it
+    and an interrupted run resumes); an imported torchvision baseline is its checkpoint.pt."""
+    name = "checkpoint.pt" if run == "torchvision" else "metrics.json"
+    return f"{run_dir(dataset, arch, variant, run)}/{name}"
+
+
+def experiment(wildcards):
+    for x in EXPERIMENTS:
+        if (x.dataset, x.arch, x.point) == (wildcards.dataset, wildcards.arch, wildcards.point):
+            return x
+    raise WorkflowError(f"no experiment {wildcards.dataset} {wildcards.arch} point {wildcards.point} "
+                        f"in {config['experiments']} (or excluded by archs)")
+
+
+def run_specs(dataset):
+    """Every evaluated model of a dataset: its baselines, then its ManiDP runs, over all seeds."""
+    specs = []
+    for arch in dict.fromkeys(x.arch for x in EXPERIMENTS if x.dataset == dataset):
+        for run in dict.fromkeys(baseline_run(dataset, s) for s in SEEDS):
+            specs.append(dict(dataset=dataset, arch=arch, variant="baseline", point="", published=pub.BASELINE,
+                              run=run, seed=None if run == "torchvision" else int(run[4:]),
+                              baseline_run="", target_reduction=0.0))
+    for x in EXPERIMENTS:
+        if x.dataset != dataset:
+            continue
+        for s in SEEDS:
+            specs.append(dict(dataset=dataset, arch=x.arch, variant=x.variant, point=x.point,
+                              published=x.published, run=f"seed{s}", seed=s,
+                              baseline_run=baseline_run(dataset, s), target_reduction=x.target_reduction))
+    for spec in specs:
+        spec["eval"] = f"{run_dir(spec['dataset'], spec['arch'], spec['variant'], spec['run'])}/eval.json"
+    return specs
+
+
+def eval_files(wildcards):
+    return [s["eval"] for s in run_specs(wildcards.dataset)]
+
+
+def data_path(dataset):
+    return config["data"][dataset]["path"]
+
+
+def data_ready(wildcards):
+    """Every training step waits for the dataset check (ancient: a re-check never retrains)."""
+    return ancient(f"{RESULTS}/{wildcards.dataset}/data.json")
+
+
+# ------------------------------------------------------------------------------ command lines
+
+def cli_options(options):
+    """{"batch_size": 128, "amp": False, "detach_weight": False} -> "--batch-size 128 --no-detach-weight"."""
+    words = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if key in ("detach_weight", "complexity_weighting"):  # on by default; the CLI has --no-...
+            if not value:
+                words.append(f"--no-{key.replace('_', '-')}")
+        elif isinstance(value, bool):
+            if value:
+                words.append(flag)
+        elif value is not None:
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def common_options(dataset):
+    opts = {"device": config["device"]}
+    if dataset != "imagenet" and config["data"][dataset].get("cache_dir"):
+        opts["cache_dir"] = config["data"][dataset]["cache_dir"]
+    return opts
+
+
+def baseline_options(wildcards):
+    return cli_options({**config["baseline"][wildcards.dataset], **common_options(wildcards.dataset)})
+
+
+def manidp_options(wildcards):
+    x = experiment(wildcards)
+    opts = dict(config["manidp"][wildcards.dataset])
+    if x.lambda_sparse is not None:
+        opts["lambda_sparse"] = x.lambda_sparse
+    if x.lambda_sim is not None:
+        opts["lambda_sim"] = x.lambda_sim
+    opts["target_reduction"] = x.target_reduction
+    return cli_options({**opts, **common_options(wildcards.dataset)})
+
+
+def evaluate_options(wildcards):
+    return cli_options({**config["evaluate"][wildcards.dataset], **common_options(wildcards.dataset)})
+
+
+# ------------------------------------------------------------------------------ targets
+
+def table_targets(dataset):
+    return [f"{TABLES}/{dataset}.tex", f"{TABLES}/{dataset}.md"]
+
+
+PLOTS = ("top1_vs_macs", "macs_histogram", "keep_rates")
+
+
+def all_targets():
+    out = []
+    for ds in DATASETS:
+        out += table_targets(ds)
+        out += [f"{RESULTS}/{ds}/comparison.csv", f"{RESULTS}/{ds}/comparison.md"]
+        out += [f"{RESULTS}/{ds}/plots/{p}.{ext}" for p in PLOTS for ext in ("png", "pdf")]
+    return out

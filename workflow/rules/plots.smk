@@ -1,0 +1,21 @@
+# Figures of a dataset, PNG and PDF: top-1 vs MACs, per-instance MAC histograms, keep rates.
+
+
+rule plots:
+    input:
+        summary=f"{RESULTS}/{{dataset}}/summary.csv",
+        runs=f"{RESULTS}/{{dataset}}/runs.csv",
+        evals=eval_files,
+        published=config["published"],
+    output:
+        **{f"{p}_{ext}": (report(f"{RESULTS}/{{dataset}}/plots/{p}.{ext}", caption=f"../report/{p}.rst",
+                                 category="Plots", subcategory="{dataset}")
+                          if ext == "png" else f"{RESULTS}/{{dataset}}/plots/{p}.{ext}")
+           for p in PLOTS for ext in ("png", "pdf")},
+    params:
+        label=LABEL,
+        smoke=SMOKE,
+    log:
+        f"{RESULTS}/logs/plots_{{dataset}}.log",
+    script:
+        "../scripts/plots.py"

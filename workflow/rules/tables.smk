@@ -1,0 +1,43 @@
+# The paper's tables with our rows beside the published ManiDP rows, and the comparison
+# published vs ours with a tolerance status for every regenerated number.
+
+
+rule compare:
+    input:
+        summary=f"{RESULTS}/{{dataset}}/summary.csv",
+        published=config["published"],
+    output:
+        csv=report(f"{RESULTS}/{{dataset}}/comparison.csv", caption="../report/comparison.rst",
+                   category="Comparison", subcategory="{dataset}"),
+        md=report(f"{RESULTS}/{{dataset}}/comparison.md", caption="../report/comparison.rst",
+                  category="Comparison", subcategory="{dataset}"),
+    params:
+        label=LABEL,
+        smoke=SMOKE,
+        tolerance=config["tolerance"],
+    log:
+        f"{RESULTS}/logs/compare_{{dataset}}.log",
+    script:
+        "../scripts/compare.py"
+
+
+rule table:
+    """Table 4 (cifar10) or Table 1 (imagenet), LaTeX and Markdown, from the jinja2 templates."""
+    input:
+        summary=f"{RESULTS}/{{dataset}}/summary.csv",
+        published=config["published"],
+        templates=lambda wc: [f"{config['templates']}/base.tex.j2", f"{config['templates']}/{wc.dataset}.tex.j2",
+                              f"{config['templates']}/base.md.j2", f"{config['templates']}/{wc.dataset}.md.j2"],
+    output:
+        tex=report(f"{TABLES}/{{dataset}}.tex", caption="../report/table.rst",
+                   category="Tables", subcategory="{dataset}"),
+        md=report(f"{TABLES}/{{dataset}}.md", caption="../report/table.rst",
+                  category="Tables", subcategory="{dataset}"),
+    params:
+        templates=config["templates"],
+        label=LABEL,
+        smoke=SMOKE,
+    log:
+        f"{RESULTS}/logs/table_{{dataset}}.log",
+    script:
+        "../scripts/table.py"
