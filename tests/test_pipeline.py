@@ -270,6 +270,6 @@ def test_smoke_rerun_continues_from_completed_steps(smoke):
     ckpt = root / "cifar10" / "resnet20" / "baseline" / "seed0" / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     (root / "cifar10" / "resnet20" / "baseline" / "seed0" / "eval.json").unlink()
-    r = snakemake(wd, "--cores", "1", *args)
+    r = snakemake(wd, "--cores", "1", "--forcerun", "aggregate", *args)
     assert r.returncode != 0
     assert re.search(r"manidp: error: checkpoint \S+checkpoint\.pt cannot be read", r.stdout + r.stderr)
