@@ -16,7 +16,6 @@ an uninterrupted one does (on CPU).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -123,12 +122,12 @@ def make_scheduler(optimizer, total_steps: int) -> torch.optim.lr_scheduler.Lamb
 
 
 @torch.no_grad()
-def reference_loss_pass(model: ResNet, loader, device, cfg: TrainConfig) -> float:
+def reference_loss_pass(model: ResNet, loader, device, cfg: TrainConfig, show_progress: bool = True) -> float:
     """Mean CE of an eval-mode pass over the training set (the reference loss before epoch 0)."""
     model.eval()
     loader.set_epoch(0)
     total, n = 0.0, 0
-    bar = progress(getattr(loader, "num_samples", None), "reference loss")
+    bar = progress(getattr(loader, "num_samples", None), "reference loss", disable=not show_progress)
     for x, y in loader:
         with torch.autocast(device.type, enabled=cfg.amp, dtype=_amp_dtype(device)):
             logits = model(_prepare(x, cfg))
@@ -144,12 +143,13 @@ def _prepare(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, cfg: TrainConfig,
-                    epoch: int, reference_loss: float | None, ckpt_path: Path) -> dict:
+                    epoch: int, reference_loss: float | None, ckpt_path: Path, show_progress: bool = True) -> dict:
     model.train()
     loader.set_epoch(epoch)
     reset_statistics(model)
     sums = {"ce": 0.0, "sparse": 0.0, "sim": 0.0, "correct": 0, "n": 0, "steps": 0}
-    bar = progress(getattr(loader, "num_samples", None), f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}")
+    bar = progress(getattr(loader, "num_samples", None), f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not show_progress)
     for step, (x, y) in enumerate(loader):
         with torch.autocast(device.type, enabled=cfg.amp, dtype=_amp_dtype(device)):
             logits = model(_prepare(x, cfg))
@@ -244,11 +244,11 @@ def run(cfg: TrainConfig, stop_after_epoch: int | None = None, show_progress: bo
     write_json(out / "env.json", environment(device, cfg.seed))
 
     if cfg.method == "manidp" and reference_loss is None:
-        reference_loss = reference_loss_pass(model, train_loader, device, cfg)
+        reference_loss = reference_loss_pass(model, train_loader, device, cfg, show_progress)
 
     for epoch in range(start, cfg.epochs):
         stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, cfg,
-                                epoch, reference_loss, ckpt_path)
+                                epoch, reference_loss, ckpt_path, show_progress)
         record = {"epoch": epoch + 1, **stats}
         if cfg.method == "manidp":
             record["reference_loss"] = reference_loss

@@ -7,7 +7,6 @@ ManiDP code builds them (reference section 2).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -80,11 +79,11 @@ class ResNet(nn.Module):
             self.stages.append(f"layer{i + 1}")
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, self.num_classes)
-        self._init_weights(zero_init_residual=False)
+        self._init_weights()
 
-    def _init_weights(self, zero_init_residual: bool) -> None:
+    def _init_weights(self) -> None:
         # torchvision's initialisation; gates keep their own (Gate.__init__).
-        for name, m in self.named_modules():
+        for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
