@@ -416,7 +416,8 @@ def randomize_(model: ResNet, x: torch.Tensor, seed: int = 0) -> ResNet:
     # the size of the features it reads, so saliency stays around 1 at every depth (otherwise it
     # grows with the residual stream and saturates at the clamp).
     def rescale_fc1(gate, inputs):
-        pooled = inputs[0].float().mean((2, 3))
+        x = inputs[0]
+        pooled = x.float().mean((2, 3)) if x.dim() == 4 else x
         gate.fc1.weight.div_(pooled.pow(2).mean().sqrt().clamp(min=1e-6))
 
     handles = [gate.register_forward_pre_hook(rescale_fc1) for gate in model.gates()]

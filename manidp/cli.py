@@ -46,6 +46,9 @@ def _common_run(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     g.add_argument("--lr", type=float, default=lr, help="peak learning rate, cosine-decayed per iteration to 0 (default: %(default)s)")
     g.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (default: %(default)s)")
     g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay of the network; gates get 0 (default: %(default)s)")
+    g.add_argument("--grad-clip", type=float, default=None,
+                   help="clip the global gradient norm to this value (default: off, as in the official code); "
+                        "5 keeps the similarity loss finite on barely trained baselines")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation (default: %(default)s)")
     g.add_argument("--limit-train", type=int, default=None, help="train on the first N training instances only (smoke runs)")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate on the test set every N epochs (default: %(default)s)")
@@ -126,7 +129,7 @@ def _train_config(args: argparse.Namespace, method: str):
     return TrainConfig(
         method=method, arch=args.arch, dataset=args.dataset, data=args.data, out=args.out, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-        seed=args.seed, device=args.device, amp=args.amp, channels_last=args.channels_last,
+        grad_clip=args.grad_clip, seed=args.seed, device=args.device, amp=args.amp, channels_last=args.channels_last,
         workers=args.workers, image_size=args.image_size, limit_train=args.limit_train,
         limit_test=args.limit_test, eval_every=args.eval_every, cache_dir=args.cache_dir,
         download=args.download, baseline=getattr(args, "baseline", None),

@@ -51,6 +51,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4        # on the network; gates always get 0
+    grad_clip: float | None = None    # clip the global gradient norm to this (off, as in the official code)
     seed: int = 0
     device: str = "auto"
     amp: bool = False                 # mixed precision (bfloat16 on CPU, float16 + GradScaler on CUDA)
@@ -75,6 +76,8 @@ class TrainConfig:
                 raise ManidpError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if not self.lr > 0:
             raise ManidpError(f"--lr must be > 0 (got {self.lr})")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ManidpError(f"--grad-clip must be > 0 (got {self.grad_clip}); leave it out to switch clipping off")
         if self.weight_decay < 0:
             raise ManidpError(f"--weight-decay must be >= 0 (got {self.weight_decay})")
         if self.method not in ("baseline", "manidp"):
@@ -97,7 +100,7 @@ class TrainConfig:
 
 # Options whose change makes a checkpoint meaningless for resuming; the rest (device, workers...) may change.
 _RESUME_KEYS = ("method", "arch", "dataset", "epochs", "batch_size", "lr", "momentum", "nesterov",
-                "weight_decay", "seed", "limit_train", "remain_rate", "target_reduction", "losses", "image_size",
+                "weight_decay", "grad_clip", "seed", "limit_train", "remain_rate", "target_reduction", "losses", "image_size",
                 "gate_init")
 
 
@@ -168,6 +171,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, cfg: Tr
                 f"lower --lr or the loss weights (--lambda-sparse, --lambda-sim) and rerun")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if cfg.grad_clip is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()

@@ -114,3 +114,42 @@ def test_every_parameter_gets_a_gradient(detach, init):
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert no_grad == []
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_mask_and_pool_matches_autograd(channels_last):
+    """The fused ops behind the gated block have the gradients of their unfused definitions."""
+    from manidp.models.gate import apply_mask, global_pool, mask_and_pool
+    torch.manual_seed(0)
+    y = torch.randn(3, 4, 5, 6, dtype=torch.double)
+    if channels_last:
+        y = y.contiguous(memory_format=torch.channels_last)
+    y.requires_grad_(True)
+    m = torch.rand(3, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(mask_and_pool, (y, m))
+    assert torch.autograd.gradcheck(lambda a, b: mask_and_pool(a, b)[1] * 3, (y, m))   # masked output unused
+    assert torch.autograd.gradcheck(global_pool, (y,))
+    out, pooled = mask_and_pool(y, m)
+    ref_out, ref_pooled = apply_mask(y, m), y.mean((2, 3))
+    w = torch.randn_like(ref_out)
+    g = torch.autograd.grad((out * w).sum() + pooled.pow(2).sum(), (y, m))
+    ref_g = torch.autograd.grad((ref_out * w).sum() + ref_pooled.pow(2).sum(), (y, m))
+    assert torch.equal(out, ref_out) and torch.allclose(pooled, ref_pooled)
+    assert all(torch.allclose(a, b) for a, b in zip(g, ref_g))
+
+
+def test_gate2_reads_the_masked_conv_a_output():
+    """Gate 2 gets feature1 * m1, which must equal pooling the masked conv_a output itself."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", gated=True, fc2_init="kaiming").eval()
+    block = model.blocks()[0]
+    seen = {}
+    block.gate2.register_forward_hook(lambda g, inp, out: seen.update(pooled=inp[0]))
+    x = torch.randn(2, 16, 32, 32)
+    for g in (block.gate1, block.gate2):
+        g.threshold.fill_(float(1.0))
+    with torch.no_grad():
+        block(x)
+        m1 = block.gate1.saliency * block.gate1.keep
+        masked = torch.relu(block.bn1(block.conv1(x))) * m1[:, :, None, None]
+    assert torch.allclose(seen["pooled"], masked.mean((2, 3)), atol=1e-6)

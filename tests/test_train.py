@@ -138,6 +138,7 @@ def run_cli(capsys, *argv) -> tuple[int, str]:
     (["--remain-rate", "0.5", "--lambda-sparse", "-1"], "--lambda-sparse -1.0 must be"),
     (["--remain-rate", "0.5", "--lambda-sim", "-0.1"], "--lambda-sim -0.1 must be"),
     (["--remain-rate", "0.5", "--arch", "resnet99"], "unknown architecture 'resnet99'"),
+    (["--remain-rate", "0.5", "--grad-clip", "0"], "--grad-clip must be > 0"),
 ])
 def test_bad_options_one_line(baseline, cifar_mini, tmp_path, capsys, extra, needle):
     argv = ["prune", "--arch", "resnet20", "--data", str(cifar_mini), "--out", str(tmp_path / "r"),
@@ -183,3 +184,19 @@ def test_macs_command(capsys):
     assert cli.main(["macs", "--arch", "resnet34", "--target-reduction", "55.3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["dense_macs"] == 3_663_761_408 and out["gates"] == 32 and 0 < out["remain_rate"] < 1
+
+
+def test_grad_clip_bounds_every_update(baseline, cifar_mini, tmp_path):
+    """With the global gradient norm clipped to c, SGD with momentum mu moves the parameters by at most
+    lr * c * (1 + mu) / (1 - mu) per step (Nesterov), whatever the loss does. Weight decay is off: the
+    optimizer adds it after clipping."""
+    clip = 1e-6
+    cfg = manidp_cfg(cifar_mini, baseline[0], tmp_path / "clipped", epochs=1, grad_clip=clip, weight_decay=0.0)
+    run(cfg, show_progress=False)
+    before = ckpt_io.load(Path(baseline[0]) / "checkpoint.pt")["model"]
+    after = ckpt_io.load(tmp_path / "clipped" / "checkpoint.pt")["model"]
+    steps = math.ceil(cfg.limit_train / cfg.batch_size)
+    bound = steps * cfg.lr * clip * (1 + cfg.momentum) / (1 - cfg.momentum)
+    moved = math.sqrt(sum(float((after[k] - before[k]).pow(2).sum()) for k in before
+                          if k.endswith(("weight", "bias")) and before[k].is_floating_point()))
+    assert 0 < moved <= bound

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gate import Gate, apply_mask
+from .gate import Gate, mask_and_pool
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -53,6 +53,9 @@ class GatedBasicBlock(BasicBlock):
     that already-masked tensor and masks the channels of conv_b (after BN, before the residual add).
     Each gate's ``feature`` is the pooled output of its convolution before masking, which the
     similarity loss compares with the gate's saliency (reference section 5).
+
+    Gate 2 pools the masked conv_a output; since the mask is constant over H and W, that pooled map
+    is gate 1's feature times m1, so it costs no second pass over the tensor.
     """
 
     def __init__(self, c_in: int, planes: int, stride: int = 1, shortcut_bn: bool = True,
@@ -63,11 +66,7 @@ class GatedBasicBlock(BasicBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m1 = self.gate1(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        self.gate1.feature = out.float().mean((2, 3))
-        out = apply_mask(out, m1)
-        m2 = self.gate2(out)
-        out = self.bn2(self.conv2(out))
-        self.gate2.feature = out.float().mean((2, 3))
-        out = apply_mask(out, m2)
+        out, self.gate1.feature = mask_and_pool(F.relu(self.bn1(self.conv1(x))), m1)
+        m2 = self.gate2(self.gate1.feature * m1)
+        out, self.gate2.feature = mask_and_pool(self.bn2(self.conv2(out)), m2)
         return F.relu(out + self.shortcut(x))

@@ -68,8 +68,12 @@ class Gate(nn.Module):
         return self.c_in * self.hidden + self.hidden * self.c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the mask m = pi * 1[pi >= threshold], shape (B, C_out)."""
-        pooled = x.float().mean((2, 3))
+        """Return the mask m = pi * 1[pi >= threshold], shape (B, C_out).
+
+        ``x`` is the feature map the convolution reads (B, C_in, H, W), or that map already
+        globally average-pooled (B, C_in).
+        """
+        pooled = global_pool(x) if x.dim() == 4 else x
         pi = F.relu(self.fc2(F.relu(self.fc1(pooled)))).clamp(max=self.clamp)
         keep = (pi >= self.threshold).detach()
         if self.training:
@@ -93,3 +97,67 @@ class Gate(nn.Module):
 
 def apply_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x * mask[:, :, None, None].to(x.dtype)
+
+
+class _GlobalPool(torch.autograd.Function):
+    """Mean over H, W (in at least float32) whose gradient is a broadcast view, not a full tensor.
+
+    Autograd's own mean writes a full-size gradient that is then added to the input's other
+    gradient; a stride-0 view is added in the same pass.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        return x.mean((2, 3), dtype=torch.promote_types(x.dtype, torch.float32))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        hw = ctx.shape[2] * ctx.shape[3]
+        return (grad / hw).to(ctx.dtype)[:, :, None, None].expand(ctx.shape)
+
+
+def global_pool(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean((2, 3))`` in at least float32, with a cheap backward."""
+    return _GlobalPool.apply(x)
+
+
+class _MaskAndPool(torch.autograd.Function):
+    """(y, m) -> (y * m per channel, mean of y over H, W), with one fused backward pass.
+
+    Autograd of the two separate ops writes three full-size tensors in backward (the masked
+    gradient, the expanded mean gradient, their sum); here the gradient of ``y`` is one multiply and an
+    in-place broadcast add.
+    This is where most of ManiDP's training overhead over plain training went (benchmarks/bench_train.py).
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, m: torch.Tensor):
+        ctx.save_for_backward(y, m)
+        pool_dtype = torch.promote_types(y.dtype, torch.float32)   # float32 under AMP
+        return y * m[:, :, None, None].to(y.dtype), y.mean((2, 3), dtype=pool_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor | None, grad_pool: torch.Tensor | None):
+        y, m = ctx.saved_tensors
+        grad_y = grad_m = None
+        if ctx.needs_input_grad[0]:
+            pool_term = None
+            if grad_pool is not None:
+                pool_term = (grad_pool / (y.shape[2] * y.shape[3])).to(y.dtype)[:, :, None, None]
+            if grad_out is None:
+                grad_y = pool_term.expand_as(y).contiguous(memory_format=torch.preserve_format)
+            else:
+                # mul then in-place broadcast add: measured faster on CPU than one broadcasting addcmul
+                grad_y = grad_out * m[:, :, None, None].to(y.dtype)
+                if pool_term is not None:
+                    grad_y.add_(pool_term)
+        if ctx.needs_input_grad[1] and grad_out is not None:
+            # per-(instance, channel) dot product over H*W; vecdot beats einsum's batched matmul here
+            grad_m = torch.linalg.vecdot(grad_out.flatten(2), y.flatten(2)).to(m.dtype)
+        return grad_y, grad_m
+
+
+def mask_and_pool(y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(apply_mask(y, mask), y.mean((2, 3)))`` (the pooled mean in at least float32)."""
+    return _MaskAndPool.apply(y, mask)
