@@ -16,8 +16,10 @@ CIFAR_MEAN = torch.tensor([125.3, 123.0, 113.9]).view(1, 3, 1, 1) / 255
 CIFAR_STD = torch.tensor([63.0, 62.1, 66.7]).view(1, 3, 1, 1) / 255
 NEVER = 1e9             # a threshold no saliency reaches (clamp is 1000): the gate prunes everything
 ALWAYS = -10000.0       # the gates' initial threshold: everything kept
-# Both kernels at batch 1: oneDNN conv everywhere, and im2col + GEMM everywhere.
-KERNELS = {"conv": 0, "gemm": 10**9}
+# Engine options per kernel: oneDNN conv on channels-last maps (the default layout), the same on
+# NCHW maps, and im2col + GEMM for every block.
+KERNELS = {"conv": {"mm_max_pixels": 0}, "conv-nchw": {"mm_max_pixels": 0, "channels_last": False},
+           "gemm": {"mm_max_pixels": 10**9}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,12 +53,12 @@ def rel_err(a, b):
     return float((a - b).abs().max() / b.abs().max())
 
 
-def check_equivalent(model, x, strategy="loop", mm_max_pixels=accel.MM_MAX_PIXELS):
+def check_equivalent(model, x, strategy="loop", **engine_options):
     """Engine vs masked dense model on ``x``: outputs, kept counts, and (loop) executed MACs."""
     with torch.no_grad():
         ref = model(x)
     kept = kept_counts(model)
-    engine = accel.convert(model, mm_max_pixels)
+    engine = accel.convert(model, **engine_options)
     out = engine(x, strategy=strategy)
     assert rel_err(out, ref) < 1e-4
     assert torch.equal(engine.kept, kept)
@@ -68,11 +70,11 @@ def check_equivalent(model, x, strategy="loop", mm_max_pixels=accel.MM_MAX_PIXEL
 
 # -- equivalence with random (per-instance) masks ---------------------------------------------------
 
-@pytest.mark.parametrize("arch,kernel", [("resnet20", "conv"), ("resnet20", "gemm"),
+@pytest.mark.parametrize("arch,kernel", [("resnet20", "conv"), ("resnet20", "conv-nchw"), ("resnet20", "gemm"),
                                          ("resnet56", "gemm")])
 def test_cifar_real_images(arch, kernel, cifar_images):
     model = gated(arch, cifar_images)
-    engine, _ = check_equivalent(model, cifar_images, mm_max_pixels=KERNELS[kernel])
+    engine, _ = check_equivalent(model, cifar_images, **KERNELS[kernel])
     # The masks really are dynamic: instances keep different channel counts.
     assert len({tuple(k) for k in engine.kept.tolist()}) > 1
 
@@ -86,7 +88,7 @@ def test_cifar_resnet110_and_32(cifar_images):
                                               ("resnet34", 64, "conv")])
 def test_imagenet_random_inputs(arch, size, kernel):
     x = torch.randn(2, 3, size, size)
-    check_equivalent(gated(arch, x), x, mm_max_pixels=KERNELS[kernel])
+    check_equivalent(gated(arch, x), x, **KERNELS[kernel])
 
 
 def test_imagenet_224():
@@ -126,7 +128,7 @@ def test_all_closed_but_one(kernel):
         model(x)
     for h in hooks:
         h.remove()
-    engine, _ = check_equivalent(model, x, mm_max_pixels=KERNELS[kernel])
+    engine, _ = check_equivalent(model, x, **KERNELS[kernel])
     assert engine.kept.tolist() == [[1] * len(model.gates())]
 
 
@@ -144,7 +146,7 @@ def test_block_with_every_channel_pruned(arch, size, pruned, kernel):
             block.gate1.threshold.fill_(NEVER)
         if pruned in ("gate2", "both"):
             block.gate2.threshold.fill_(NEVER)
-    engine, _ = check_equivalent(model, x, mm_max_pixels=KERNELS[kernel])
+    engine, _ = check_equivalent(model, x, **KERNELS[kernel])
     gate_index = {id(g): i for i, g in enumerate(model.gates())}
     i1 = gate_index[id(blocks[1].gate1)]
     if pruned in ("gate1", "both"):
