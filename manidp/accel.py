@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ManidpError
-from .models import GatedBasicBlock, ResNet
+from .models import Gate, GatedBasicBlock, ResNet
 
 STRATEGIES = ("loop", "union")
 
@@ -387,6 +387,10 @@ def convert(model: ResNet, mm_max_pixels: int = MM_MAX_PIXELS, channels_last: bo
     if not isinstance(model, ResNet) or not model.gated:
         raise ManidpError("accel.convert needs a gated ResNet (build_model(arch, gated=True)); "
                           "a plain model has no gates to skip channels with")
+    other = sorted({type(g).__name__ for g in model.gates() if not isinstance(g, Gate)})
+    if other:
+        raise ManidpError(f"accel.convert runs ManiDP's threshold gates only; this model has {', '.join(other)} "
+                          f"gates (e.g. FBS's top-k), which the engine does not implement")
     if model.training:
         raise ManidpError("accel.convert needs the model in eval mode: call model.eval() first")
     return SkippingResNet(model, mm_max_pixels, channels_last).eval()

@@ -15,7 +15,7 @@ import torch
 
 from .errors import ManidpError
 from .io import atomic_write
-from .models import ResNet, build_model, load_dense_state_dict
+from .models import ResNet, load_dense_state_dict
 
 FORMAT = "manidp-checkpoint/1"
 
@@ -54,7 +54,8 @@ def model_from_checkpoint(path: str | Path, **gate_options) -> tuple[ResNet, dic
     if ckpt["format"] != FORMAT:
         raise ManidpError(f"checkpoint {path} is a bare state dict: it does not say its architecture; "
                           f"use it as --baseline for a given --arch instead")
-    model = build_model(ckpt["arch"], num_classes=ckpt["num_classes"], gated=ckpt["gated"], **gate_options)
+    from .methods import build_for_checkpoint      # the network of the method that wrote it (FBS: its gates)
+    model = build_for_checkpoint(ckpt, **gate_options)
     model.input_size = ckpt.get("input_size", model.input_size)
     try:
         model.load_state_dict(ckpt["model"])

@@ -2,11 +2,15 @@
 
 Commands
   train-baseline  train a dense network
-  prune           run ManiDP from a dense baseline
+  prune           prune a dense baseline: ManiDP (default), FBS or FPGM (--method)
   evaluate        top-1/top-5 and per-instance MACs of a checkpoint
   macs            dense MACs per layer, and the remain rate for a target MAC reduction
 
 User errors (bad paths, options, corrupt files, a diverging loss) print one line and exit 2.
+
+``train-baseline``, ``prune`` and ``evaluate`` also run as ``torchrun --nproc_per_node N -m manidp ...``
+(one process per GPU, or gloo processes on CPU; ``manidp/distributed.py``): ``--batch-size`` stays
+the global batch and only rank 0 prints and writes.
 """
 from __future__ import annotations
 
@@ -69,17 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run(p, epochs=200, lr=0.1)
     _common_data(p)
 
-    p = sub.add_parser("prune", help="run ManiDP from a dense baseline",
-                       description="ManiDP (Tang et al., CVPR 2021): gated training from a dense baseline with the "
-                                   "complexity-weighted sparsity loss and the similarity alignment loss. Resumes from --out.")
+    p = sub.add_parser("prune", help="prune a dense baseline: ManiDP (default), FBS or FPGM",
+                       description="Prune a dense baseline with --method: manidp (Tang et al., CVPR 2021; gated "
+                                   "training with the complexity-weighted sparsity loss and the similarity alignment "
+                                   "loss), fbs (Gao et al., ICLR 2019; dynamic top-k channels) or fpgm (He et al., "
+                                   "CVPR 2019; static, physically pruned). Same harness, checkpoints and MAC counter "
+                                   "for all; see docs/methods.md. Resumes from --out.")
     _common_run(p, epochs=400, lr=0.05)
     _common_data(p)
-    g = p.add_argument_group("ManiDP")
+    from .methods import METHODS, PRUNING
+    g = p.add_argument_group("pruning (every method)")
+    g.add_argument("--method", choices=PRUNING, default="manidp",
+                   help="manidp (default), fbs or fpgm (manidp/methods/)")
     g.add_argument("--baseline", required=True, help="dense checkpoint: ours, or a torchvision resnet18/34 state dict")
     t = g.add_mutually_exclusive_group(required=True)
-    t.add_argument("--remain-rate", type=float, help="target remain rate t in (0, 1] (official example: 0.6)")
+    t.add_argument("--remain-rate", type=float,
+                   help="target remain rate t in (0, 1]: ManiDP's t (official example: 0.6), FBS's density d, "
+                        "FPGM's fraction of conv_a filters kept")
     t.add_argument("--target-reduction", type=float,
-                   help="target MAC reduction in %%; turned into the remain rate whose uniform keep reaches it")
+                   help="target MAC reduction in %%; turned into the remain rate that reaches it")
+    g.add_argument("--gate-init", choices=["zero", "kaiming"], default="zero",
+                   help="weights of the fresh gates' last FC layer (ManiDP, FBS): zero, so the gated network starts "
+                        "as the baseline (default), or kaiming as the official ManiDP code (see manidp/models/gate.py)")
+    g = p.add_argument_group("ManiDP (--method manidp; the ablations are these options)")
     g.add_argument("--lambda-sparse", type=float, default=_DEFAULTS.lambda_sparse,
                    help="lambda_1, weight of the sparsity loss (official code: %(default)s)")
     g.add_argument("--lambda-sim", type=float, default=_DEFAULTS.lambda_sim,
@@ -90,11 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-detach-weight", dest="detach_weight", action="store_false",
                    help="let gradient flow through the complexity weight into CE, as the official code does "
                         "(default: detached; see manidp/losses.py)")
-    g.add_argument("--gate-init", choices=["zero", "kaiming"], default="zero",
-                   help="FC2 weights of the fresh gates: zero, so the gated network starts as the baseline "
-                        "(default), or kaiming as the official code (see manidp/models/gate.py)")
     g.add_argument("--no-complexity-weighting", dest="complexity_weighting", action="store_false",
                    help="ablation: w_i = 1 for every instance")
+    for m in METHODS.values():
+        if m.prunes and m.name != "manidp":
+            m.add_arguments(p.add_argument_group(f"{m.name.upper()} (--method {m.name})"))
 
     p = sub.add_parser("evaluate", help="top-1/top-5 and per-instance MACs of a checkpoint",
                        description="Evaluate a manidp checkpoint as it is (final thresholds): top-1, top-5, and "
@@ -120,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_config(args: argparse.Namespace, method: str):
+    from .methods import method_options_from_args
     from .train import TrainConfig
     losses = LossOptions()
+    method_options = method_options_from_args(args, method)   # an option of another method is an error
     if method == "manidp":
         losses = LossOptions(lambda_sparse=args.lambda_sparse, lambda_sim=args.lambda_sim, gamma=args.gamma,
                              complexity_scale=args.complexity_scale, detach_weight=args.detach_weight,
@@ -134,35 +152,47 @@ def _train_config(args: argparse.Namespace, method: str):
         limit_test=args.limit_test, eval_every=args.eval_every, cache_dir=args.cache_dir,
         download=args.download, baseline=getattr(args, "baseline", None),
         remain_rate=getattr(args, "remain_rate", None), target_reduction=getattr(args, "target_reduction", None),
-        gate_init=getattr(args, "gate_init", "zero"), losses=losses)
+        gate_init=getattr(args, "gate_init", "zero"), losses=losses, method_options=method_options)
 
 
 def cmd_train(args, method: str) -> None:
+    from .distributed import env_rank
     from .train import run
     result = run(_train_config(args, method), show_progress=not args.quiet)
-    print(_result_line(result))
-    print(f"wrote {Path(args.out) / 'metrics.json'}")
+    if env_rank() == 0:             # under torchrun, only rank 0 prints
+        print(_result_line(result))
+        print(f"wrote {Path(args.out) / 'metrics.json'}")
 
 
 def cmd_evaluate(args) -> None:
+    from .distributed import launch
+    with launch(args.device) as world:          # under torchrun: each process evaluates its shard
+        _evaluate(args, world)
+
+
+def _evaluate(args, world) -> None:
     from .checkpoint import model_from_checkpoint
     from .data import build_loaders
     from .evaluate import evaluate
     from .io import write_json
-    from .provenance import environment, resolve_device
-    device = resolve_device(args.device)
+    from .provenance import environment
+    device = world.device
     model, ckpt = model_from_checkpoint(args.checkpoint)
     cfg = ckpt.get("config", {})
     image_size = args.image_size or model.input_size
     _, test_loader, info = build_loaders(args.dataset, args.data, args.batch_size, device=device,
                                          seed=0, workers=args.workers, image_size=image_size,
                                          cache_dir=args.cache_dir, download=args.download,
-                                         limit_test=args.limit_test)
+                                         limit_test=args.limit_test, shard=(world.rank, world.size))
     if info["num_classes"] != model.num_classes:
         raise ManidpError(f"checkpoint {args.checkpoint} has {model.num_classes} classes but --data "
                           f"{args.data} has {info['num_classes']}: evaluate on the dataset it was trained on")
-    model.to(device)
-    result = evaluate(model, test_loader, device, input_size=image_size, show_progress=not args.quiet)
+    from .methods import checkpoint_method
+    model = checkpoint_method(ckpt).deployable(model).to(device)   # FPGM: the physically pruned network
+    result = evaluate(model, test_loader, device, input_size=image_size,
+                      show_progress=not args.quiet and world.main)
+    if not world.main:
+        return
     result.update(checkpoint=str(args.checkpoint), arch=model.arch, gated=model.gated,
                   method=cfg.get("method"), seed=cfg.get("seed"), epochs=ckpt.get("epoch"),
                   thresholds=model.thresholds(), data_source=info.get("source"),
@@ -220,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train-baseline":
             cmd_train(args, "baseline")
         elif args.command == "prune":
-            cmd_train(args, "manidp")
+            cmd_train(args, args.method)
         elif args.command == "evaluate":
             cmd_evaluate(args)
         elif args.command == "macs":

@@ -8,6 +8,9 @@ through torchvision's ``ImageFolder`` and a ``DataLoader`` wrapped to behave the
 
 Every random choice (shuffle order, crop offsets, flips) comes from a generator seeded by
 ``(seed, epoch)``, so the same seed and epoch give the same batches: a resumed run sees the same data.
+Under torchrun both loaders take ``shard=(rank, processes)`` and yield this process's part of every
+global batch (``shard_samples`` instances per epoch); the parts of all processes are exactly the
+batches of one process.
 
 Bad input raises :class:`~manidp.errors.ManidpError` with one line naming the file or option.
 """
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .distributed import batch_sizes, shard_sizes, shard_slice
 from .errors import ManidpError, check
 from .io import atomic_write
 
@@ -486,6 +490,15 @@ def _mix(*values: int) -> int:
                .generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def _shard_samples(num_samples: int, batch_size: int, drop_last: bool, shard: tuple[int, int]) -> int:
+    """Instances one process sees per epoch (its part of every global batch)."""
+    rank, processes = shard
+    check(0 <= rank < processes, f"shard {shard}: rank must be in 0..{processes - 1}")
+    if processes == 1:
+        return num_samples if not drop_last else num_samples // batch_size * batch_size
+    return sum(shard_sizes(n, processes)[rank] for n in batch_sizes(num_samples, batch_size, drop_last))
+
+
 def crop_flip(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor,
               pad: int) -> torch.Tensor:
     """Crop each image of ``x`` (B, C, H, W) at (top, left) of its copy zero-padded by ``pad``,
@@ -508,10 +521,16 @@ class TensorLoader:
     ``train=True``: shuffle, random crop with zero padding ``pad``, horizontal flip with p=0.5,
     then normalise. ``train=False``: the instances in order, only normalised. Shuffle order and
     augmentation come from a generator seeded by ``(seed, epoch)`` (see :meth:`set_epoch`).
+
+    ``shard=(rank, processes)``: ``batch_size`` is the global batch, and this process yields only its
+    part of each (:func:`~manidp.distributed.shard_slice`; empty parts are skipped). The order and the
+    crops and flips of the whole global batch are still drawn, so the parts of all processes together
+    are exactly the batches of one process.
     """
 
     def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int, mean, std,
-                 train: bool, device="cpu", seed: int = 0, drop_last: bool = False, pad: int = 4):
+                 train: bool, device="cpu", seed: int = 0, drop_last: bool = False, pad: int = 4,
+                 shard: tuple[int, int] = (0, 1)):
         check(x_uint8.dtype == torch.uint8 and x_uint8.dim() == 4,
               f"TensorLoader needs uint8 images (N, C, H, W), got {x_uint8.dtype} {tuple(x_uint8.shape)}")
         check(len(x_uint8) == len(y), f"TensorLoader: {len(x_uint8)} images but {len(y)} labels")
@@ -522,6 +541,8 @@ class TensorLoader:
         self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
         self.drop_last, self.pad, self.epoch = bool(drop_last), int(pad), 0
         self.num_samples = len(self.x)
+        self.rank, self.processes = shard
+        self.shard_samples = _shard_samples(self.num_samples, self.batch_size, self.drop_last, shard)
         c = self.x.shape[1]
         mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
@@ -546,13 +567,22 @@ class TensorLoader:
         n = self.num_samples
         order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.device)
-            x = self.x[idx]
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             if self.train:
                 span = 2 * self.pad + 1
                 top = torch.randint(span, (len(idx),), generator=g)
                 left = torch.randint(span, (len(idx),), generator=g)
                 flip = torch.rand(len(idx), generator=g) < 0.5
+            if self.processes > 1:  # draws above stay those of the whole global batch
+                part = shard_slice(len(idx), self.rank, self.processes)
+                if part.start == part.stop:
+                    continue
+                idx = idx[part]
+                if self.train:
+                    top, left, flip = top[part], left[part], flip[part]
+            idx = idx.to(self.device)
+            x = self.x[idx]
+            if self.train:
                 x = crop_flip(x, top, left, flip, self.pad)
             yield self.normalise(x), self.y[idx]
 
@@ -585,14 +615,17 @@ class _SeededImages(torch.utils.data.Dataset):
 class ImageFolderLoader:
     """A DataLoader over an image folder that behaves like :class:`TensorLoader`:
     ``set_epoch`` (seeded shuffle and augmentation per epoch), ``num_samples``, ``len`` and
-    ``(x, y)`` batches on ``device``."""
+    ``(x, y)`` batches on ``device``. ``shard`` as for :class:`TensorLoader`: this process loads
+    only its part of each global batch (augmentation is seeded per instance, so parts match)."""
 
     def __init__(self, images: _SeededImages, batch_size: int, train: bool, workers: int,
-                 seed: int, device="cpu", indices=None):
+                 seed: int, device="cpu", indices=None, shard: tuple[int, int] = (0, 1)):
         self.images, self.train, self.workers, self.seed = images, train, int(workers), int(seed)
         self.batch_size, self.device, self.epoch = int(batch_size), torch.device(device), 0
         self.indices = list(range(len(images))) if indices is None else list(indices)
         self.num_samples = len(self.indices)
+        self.rank, self.processes = shard
+        self.shard_samples = _shard_samples(self.num_samples, self.batch_size, False, shard)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -604,15 +637,34 @@ class ImageFolderLoader:
         self.images.epoch = self.epoch  # workers get a copy of the dataset when iteration starts
         data = torch.utils.data.Subset(self.images, self.indices)
         g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
-        loader = torch.utils.data.DataLoader(
-            data, batch_size=self.batch_size, shuffle=self.train, generator=g,
-            num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        if self.processes == 1:
+            loader = torch.utils.data.DataLoader(
+                data, batch_size=self.batch_size, shuffle=self.train, generator=g,
+                num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        else:
+            loader = torch.utils.data.DataLoader(
+                data, batch_sampler=self._shard_batches(g), num_workers=self.workers,
+                pin_memory=self.device.type == "cuda")
         try:
             for x, y in loader:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         except ManidpError as e:
             # a worker's error arrives wrapped with its traceback: keep the one message line
             raise ManidpError(str(e).strip().splitlines()[-1].split("ManidpError: ", 1)[-1]) from None
+
+
+    def _shard_batches(self, g: torch.Generator) -> list[list[int]]:
+        """This process's part of every global batch, in the order DataLoader's shuffle gives one
+        process: its iterator first draws a base seed from ``g``, then RandomSampler one randperm
+        (torch 2.14; tests/test_distributed.py checks that the two orders still agree)."""
+        n = self.num_samples
+        order = list(range(n))
+        if self.train:
+            torch.empty((), dtype=torch.int64).random_(generator=g)
+            order = torch.randperm(n, generator=g).tolist()
+        batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+        parts = [b[shard_slice(len(b), self.rank, self.processes)] for b in batches]
+        return [p for p in parts if p]
 
 
 def _image_folder(folder: Path):
@@ -630,7 +682,8 @@ def _image_folder(folder: Path):
 
 def imagefolder_loaders(root, batch_size: int, workers: int = 2, image_size: int = 224,
                         resize: int | None = None, seed: int = 0, device="cpu",
-                        limit_train: int | None = None, limit_test: int | None = None):
+                        limit_train: int | None = None, limit_test: int | None = None,
+                        shard: tuple[int, int] = (0, 1)):
     """Loaders for an ImageNet-style tree ``root/train/<class>/*`` and ``root/val/<class>/*``.
 
     Train: RandomResizedCrop(image_size) + horizontal flip; val: Resize(resize, default
@@ -649,9 +702,9 @@ def imagefolder_loaders(root, batch_size: int, workers: int = 2, image_size: int
     val_tf = T.Compose([T.Resize(resize or round(image_size * 256 / 224)), T.CenterCrop(image_size),
                         T.ToTensor(), norm])
     train = ImageFolderLoader(_SeededImages(train_set, train_tf, seed, random=True), batch_size,
-                              True, workers, seed, device, _spread(len(train_set), limit_train))
+                              True, workers, seed, device, _spread(len(train_set), limit_train), shard)
     val = ImageFolderLoader(_SeededImages(val_set, val_tf, seed, random=False), batch_size,
-                            False, workers, seed, device, _spread(len(val_set), limit_test))
+                            False, workers, seed, device, _spread(len(val_set), limit_test), shard)
     return train, val, list(train_set.classes)
 
 
@@ -700,9 +753,13 @@ def _hue_to_rgb(h: float) -> tuple[float, float, float]:
 
 def build_loaders(dataset: str, data_path, batch_size: int, device, seed: int, workers: int = 2,
                   image_size: int | None = None, cache_dir=None, download: bool = False,
-                  limit_train: int | None = None, limit_test: int | None = None):
+                  limit_train: int | None = None, limit_test: int | None = None,
+                  shard: tuple[int, int] = (0, 1)):
     """``(train_loader, test_loader, info)`` for ``--dataset``; ``info`` holds num_classes,
     classes, source, input_size, num_train, num_test, mean, std.
+
+    ``shard=(rank, processes)``: ``batch_size`` is the global batch and the loaders yield this
+    process's part of each (multi-process training, ``manidp/distributed.py``).
 
     ``limit_train`` / ``limit_test`` keep only that many instances (smoke runs): the first ones for
     CIFAR, whose rows are in random class order; evenly spaced ones for image folders.
@@ -716,7 +773,7 @@ def build_loaders(dataset: str, data_path, batch_size: int, device, seed: int, w
         size = image_size or 224
         train, test, classes = imagefolder_loaders(data_path, batch_size, workers, size, seed=seed,
                                                    device=device, limit_train=limit_train,
-                                                   limit_test=limit_test)
+                                                   limit_test=limit_test, shard=shard)
         source = f"image folder {Path(data_path).expanduser()}"
         if (Path(data_path).expanduser() / "SYNTHETIC.txt").is_file():
             source = f"synthetic {source}"  # never let a smoke-test tree pass as real data
@@ -732,9 +789,9 @@ def build_loaders(dataset: str, data_path, batch_size: int, device, seed: int, w
     n_train = len(arrays.train_y) if limit_train is None else min(limit_train, len(arrays.train_y))
     n_test = len(arrays.test_y) if limit_test is None else min(limit_test, len(arrays.test_y))
     train = TensorLoader(arrays.train_x[:n_train], arrays.train_y[:n_train], batch_size,
-                         arrays.mean, arrays.std, train=True, device=device, seed=seed)
+                         arrays.mean, arrays.std, train=True, device=device, seed=seed, shard=shard)
     test = TensorLoader(arrays.test_x[:n_test], arrays.test_y[:n_test], batch_size,
-                        arrays.mean, arrays.std, train=False, device=device, seed=seed)
+                        arrays.mean, arrays.std, train=False, device=device, seed=seed, shard=shard)
     source = arrays.source
     if n_train < len(arrays.train_y) or n_test < len(arrays.test_y):
         source += f" (limited to {n_train} train / {n_test} test)"

@@ -130,6 +130,8 @@ class MacMeter:
 
     def __init__(self, model: ResNet, input_size: int | None = None):
         self.counter = InstanceCounter(model, input_size)
+        # reductions are relative to the full-width architecture, also for a physically pruned network
+        self.reference = full_width_macs(model, input_size)
         self.gated = model.gated
         self.widths = [g.c_out for g in model.gates()]
         self.names = model.gate_names()
@@ -151,7 +153,7 @@ class MacMeter:
     def summary(self, bins: int = 20) -> dict:
         macs = self.values().double()
         n = macs.numel()
-        dense = self.counter.dense
+        dense = self.reference
         lo, hi = (float(macs.min()), float(macs.max())) if n else (0.0, 0.0)
         counts = torch.histc(macs, bins=bins, min=lo, max=hi if hi > lo else lo + 1) if n else torch.zeros(bins)
         edges = torch.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
@@ -180,17 +182,52 @@ def uniform_keep_macs(model: ResNet, remain_rate: float, input_size: int | None 
     return int(counter.count(kept)[0])
 
 
+def inner_pruned_macs(model: ResNet, kept: list[int], input_size: int | None = None) -> int:
+    """Backbone MACs of ``model`` with the conv_a of block j narrowed to ``kept[j]`` output channels.
+
+    Static pruning inside the residual blocks (FPGM, ``manidp/methods/fpgm.py``): conv_a loses output
+    channels and conv_b the same input channels; the residual width, stem, shortcuts and FC stay.
+    Equals :func:`dense_macs` of the physically narrowed network (tested).
+    """
+    costs = layer_costs(model, input_size)
+    blocks = [c for c in costs if c.kind == "conv_a"]
+    if len(kept) != len(blocks):
+        raise ValueError(f"{len(kept)} kept counts for {len(blocks)} blocks of {model.arch}")
+    total, j = 0, -1
+    for c in costs:
+        if c.kind == "conv_a":
+            j += 1
+            total += c.k * c.k * c.h_out * c.w_out * c.c_in * kept[j]
+        elif c.kind == "conv_b":
+            total += c.k * c.k * c.h_out * c.w_out * kept[j] * c.c_out
+        else:
+            total += c.dense_macs
+    return total
+
+
+def full_width_macs(model: ResNet, input_size: int | None = None) -> int:
+    """Dense MACs of ``model``'s architecture at full width: what every MAC reduction is relative to.
+
+    Equals :func:`dense_macs` unless blocks were physically narrowed inside (FPGM's conv_a), in which
+    case the executed MACs are ``dense_macs(model)`` and this is the unpruned network's count.
+    """
+    return inner_pruned_macs(model, [b.conv2.out_channels for b in model.blocks()], input_size)
+
+
 def remain_rate_for_reduction(model: ResNet, target_reduction_pct: float,
-                              input_size: int | None = None) -> float:
+                              input_size: int | None = None, cost=None) -> float:
     """The largest remain rate whose uniform keep still reaches ``target_reduction_pct`` MAC reduction.
 
     A planning aid: a trained model keeps different channels per instance and per layer, so the
     measured reduction lands near, not exactly on, this target. Raises if the target is unreachable
-    (stem, shortcuts and FC are never pruned).
+    (stem, shortcuts and FC are never pruned). ``cost(rate)`` gives the backbone MACs at a remain
+    rate; default: every gate keeps ceil(rate * C) channels (:func:`uniform_keep_macs`).
     """
     from .errors import ManidpError
     dense = dense_macs(model, input_size)
-    reduction = lambda r: 100.0 * (1 - uniform_keep_macs(model, r, input_size) / dense)  # noqa: E731
+    if cost is None:
+        cost = lambda r: uniform_keep_macs(model, r, input_size)  # noqa: E731
+    reduction = lambda r: 100.0 * (1 - cost(r) / dense)  # noqa: E731
     floor = reduction(1e-9)
     if not 0 <= target_reduction_pct <= floor:
         raise ManidpError(f"target MAC reduction {target_reduction_pct}% is outside [0, {floor:.1f}]% "

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from . import distributed
 from .errors import ManidpError
 from .models import ResNet
 
@@ -36,9 +37,12 @@ def kth_largest_threshold(mean_saliency: torch.Tensor, rate: float) -> torch.Ten
 def update_thresholds(model: ResNet, epoch: int, epochs: int, target: float) -> float:
     """Set every gate's threshold from this epoch's saliency statistics; reset the statistics.
 
-    Returns r(epoch). Gates that saw no instance (count 0) keep their threshold.
+    Returns r(epoch). Gates that saw no instance (count 0) keep their threshold. Under torchrun the
+    sums and counts of all processes are added first, so every process sets the same thresholds from
+    the whole epoch (the official code divides one GPU's sums by len(train_set) / n_gpu instead).
     """
     rate = remain_rate(epoch, epochs, target)
+    sum_statistics(model)
     for gate in model.gates():
         if int(gate.saliency_count) > 0:
             gate.threshold.copy_(kth_largest_threshold(gate.mean_saliency(), rate).to(gate.threshold))
@@ -49,3 +53,20 @@ def update_thresholds(model: ResNet, epoch: int, epochs: int, target: float) -> 
 def reset_statistics(model: ResNet) -> None:
     for gate in model.gates():
         gate.reset_statistics()
+
+
+@torch.no_grad()
+def sum_statistics(model: ResNet) -> None:
+    """Replace every gate's saliency sum and count by their sums over all processes (one
+    all_reduce of a float64 vector; counts stay exact); nothing happens in a single process."""
+    if distributed.size() == 1:
+        return
+    gates = model.gates()
+    packed = torch.cat([t for g in gates for t in (g.saliency_sum, g.saliency_count.double().view(1))])
+    packed = distributed.all_reduce_sum(packed)
+    i = 0
+    for g in gates:
+        c = g.saliency_sum.numel()
+        g.saliency_sum.copy_(packed[i:i + c])
+        g.saliency_count.fill_(int(packed[i + c]))
+        i += c + 1

@@ -1,6 +1,7 @@
-"""Training: a dense baseline, or ManiDP from a dense baseline (reference section 6).
+"""Training: a dense baseline, or ManiDP (reference section 6), FBS or FPGM from a dense baseline.
 
-The recipe, top to bottom (:func:`run`):
+The recipe, top to bottom (:func:`run`); what each pruning method plugs in is in
+``manidp/methods/base.py`` (build, target, begin, start_epoch, loss, end_epoch, deployable):
   1. build the data loaders and the model (gated for ManiDP, loading the dense baseline);
   2. SGD with Nesterov momentum, weight decay on the network but not on the gates, and a cosine
      learning rate decayed per iteration to 0;
@@ -13,6 +14,12 @@ The recipe, top to bottom (:func:`run`):
 
 Every random choice derives from the seed and the epoch number, so a resumed run ends exactly where
 an uninterrupted one does (on CPU).
+
+Under ``torchrun --nproc_per_node N`` the same function trains with DistributedDataParallel: each
+process takes its part of every global batch of ``--batch-size`` and everything the method reads
+(BatchNorm statistics, losses, saliency sums, reference loss, evaluation) is global, so N processes
+compute one process's run up to rounding (to 1e-12 in float64; ``manidp/distributed.py``). Only rank 0
+writes files, prints and shows progress bars; every process resumes from the same checkpoint.
 """
 from __future__ import annotations
 
@@ -26,21 +33,22 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
+from . import distributed
 from .errors import ManidpError
 from .evaluate import _amp_dtype, evaluate
 from .io import write_json, write_text
 from .losses import LossOptions, manidp_loss
-from .macs import remain_rate_for_reduction
-from .models import ResNet, build_model
+from .methods import get_method
+from .models import ResNet
 from .progress import progress
-from .provenance import environment, resolve_device
-from .schedule import check_remain_rate, reset_statistics, update_thresholds
+from .provenance import environment
+from .schedule import reset_statistics, update_thresholds
 
 
 @dataclass
 class TrainConfig:
     """Every option of a run; the command line exposes each with the same name and default."""
-    method: str = "baseline"          # baseline | manidp
+    method: str = "baseline"          # baseline | manidp | fbs | fpgm (manidp/methods/)
     arch: str = "resnet20"
     dataset: str = "cifar10"          # cifar10 | cifar100 | imagenet
     data: str = ""                    # dataset path (folder or archive)
@@ -63,12 +71,13 @@ class TrainConfig:
     eval_every: int = 1               # evaluate on the test set every N epochs (and always at the end)
     cache_dir: str | None = None
     download: bool = False            # allow torchvision's CIFAR download (never in tests/CI)
-    # ManiDP only
+    # pruning methods (manidp, fbs, fpgm)
     baseline: str | None = None       # dense checkpoint to start from (ours or a torchvision state dict)
     remain_rate: float | None = None  # target remain rate t; or give target_reduction
     target_reduction: float | None = None  # target MAC reduction in %, turned into t by macs.remain_rate_for_reduction
     gate_init: str = "zero"           # FC2 weights of fresh gates: zero (ours) or kaiming (official); see models/gate.py
-    losses: LossOptions = field(default_factory=LossOptions)
+    losses: LossOptions = field(default_factory=LossOptions)   # ManiDP's loss options
+    method_options: dict = field(default_factory=dict)        # the other methods' own options, e.g. {"lambda_l1": 1e-8}
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -80,16 +89,10 @@ class TrainConfig:
             raise ManidpError(f"--grad-clip must be > 0 (got {self.grad_clip}); leave it out to switch clipping off")
         if self.weight_decay < 0:
             raise ManidpError(f"--weight-decay must be >= 0 (got {self.weight_decay})")
-        if self.method not in ("baseline", "manidp"):
-            raise ManidpError(f"--method '{self.method}' is unknown: use baseline or manidp")
+        method = get_method(self.method)
         if not self.out:
             raise ManidpError("--out is required: the run folder for checkpoint and metrics")
-        if self.method == "manidp":
-            if (self.remain_rate is None) == (self.target_reduction is None):
-                raise ManidpError("give exactly one of --remain-rate and --target-reduction")
-            if self.remain_rate is not None:
-                check_remain_rate(self.remain_rate)
-            self.losses.validate()
+        method.validate(self)         # remain rate or MAC target, and the method's own options
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -101,7 +104,7 @@ class TrainConfig:
 # Options whose change makes a checkpoint meaningless for resuming; the rest (device, workers...) may change.
 _RESUME_KEYS = ("method", "arch", "dataset", "epochs", "batch_size", "lr", "momentum", "nesterov",
                 "weight_decay", "grad_clip", "seed", "limit_train", "remain_rate", "target_reduction", "losses", "image_size",
-                "gate_init")
+                "gate_init", "method_options")
 
 
 def seed_everything(seed: int) -> None:
@@ -130,7 +133,7 @@ def reference_loss_pass(model: ResNet, loader, device, cfg: TrainConfig, show_pr
     model.eval()
     loader.set_epoch(0)
     total, n = 0.0, 0
-    bar = progress(getattr(loader, "num_samples", None), "reference loss", disable=not show_progress)
+    bar = progress(_instances(loader), "reference loss", disable=not show_progress)
     for x, y in loader:
         with torch.autocast(device.type, enabled=cfg.amp, dtype=_amp_dtype(device)):
             logits = model(_prepare(x, cfg))
@@ -138,7 +141,13 @@ def reference_loss_pass(model: ResNet, loader, device, cfg: TrainConfig, show_pr
         n += y.numel()
         bar.update(y.numel())
     bar.close()
+    total, n = distributed.sum_over_processes([total, n])   # the whole training set's CE
     return total / max(n, 1)
+
+
+def _instances(loader) -> int | None:
+    """Instances this process sees per epoch (its shard), for its progress bar."""
+    return getattr(loader, "shard_samples", getattr(loader, "num_samples", None))
 
 
 def _prepare(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -147,24 +156,44 @@ def _prepare(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, cfg: TrainConfig,
                     epoch: int, reference_loss: float | None, ckpt_path: Path, show_progress: bool = True) -> dict:
+    """One epoch. ``model`` is the network, or its DistributedDataParallel wrapper under torchrun:
+    then each step's loss is this process's share of the global-batch loss (``distributed.py``)."""
+    net = getattr(model, "module", model)
+    many = distributed.size() > 1
     model.train()
     loader.set_epoch(epoch)
-    reset_statistics(model)
+    reset_statistics(net)
     sums = {"ce": 0.0, "sparse": 0.0, "sim": 0.0, "correct": 0, "n": 0, "steps": 0}
-    bar = progress(getattr(loader, "num_samples", None), f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
+    bar = progress(_instances(loader), f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not show_progress)
+    totals = distributed.batch_sizes(loader.num_samples, loader.batch_size) if many else None
     for step, (x, y) in enumerate(loader):
         with torch.autocast(device.type, enabled=cfg.amp, dtype=_amp_dtype(device)):
             logits = model(_prepare(x, cfg))
         if cfg.method == "manidp":
-            loss, parts = manidp_loss(model, logits, y, reference_loss, cfg.losses)
+            if many:
+                loss, parts = distributed.manidp_loss(net, logits, y, reference_loss, cfg.losses, totals[step])
+            else:
+                loss, parts = manidp_loss(net, logits, y, reference_loss, cfg.losses)
             ce_sum = float(parts["ce"].sum())
             sums["sparse"] += float(parts["sparse"]) * y.numel()
             sums["sim"] += float(parts["sim"]) * y.numel()
+        elif cfg.method != "baseline":        # fbs, fpgm, ...: the method's loss (manidp/methods/)
+            loss, parts = get_method(cfg.method).loss(net, logits, y, cfg)
+            if many:                          # a per-instance mean: this process's share of the global batch
+                loss = loss * distributed.share(y.numel(), totals[step])
+            ce_sum = float(parts["ce"].sum())
+            sums["sparse"] += float(parts["sparse"]) * y.numel()
+        elif many:
+            loss = distributed.ce_loss(logits, y, totals[step])
+            ce_sum = float(F.cross_entropy(logits.detach().float(), y, reduction="sum"))
         else:
             loss = F.cross_entropy(logits.float(), y)
             ce_sum = float(loss.detach()) * y.numel()
-        if not torch.isfinite(loss):
+        # every process stops at the same step, or the others would wait for it in backward
+        finite = torch.isfinite(loss) if not many else \
+            distributed.sum_over_processes([float(torch.isfinite(loss))])[0] == distributed.size()
+        if not finite:
             raise ManidpError(
                 f"the loss became {float(loss.detach())} in epoch {epoch + 1}, step {step + 1}; nothing was written and "
                 f"the last good checkpoint ({ckpt_path if ckpt_path.exists() else 'none yet'}) is kept: "
@@ -184,6 +213,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, cfg: Tr
         bar.update(y.numel())
         bar.set_postfix(loss=f"{sums['ce'] / sums['n']:.3f}", refresh=False)
     bar.close()
+    keys = ("ce", "sparse", "sim", "correct", "n")
+    sums.update(zip(keys, distributed.sum_over_processes([sums[k] for k in keys])))   # the global epoch
     n = max(sums["n"], 1)
     return {"train_ce": sums["ce"] / n, "train_top1": 100.0 * sums["correct"] / n,
             "train_sparse": sums["sparse"] / n, "train_sim": sums["sim"] / n, "steps": sums["steps"],
@@ -202,11 +233,16 @@ def run(cfg: TrainConfig, stop_after_epoch: int | None = None, show_progress: bo
     """Train (or resume) the run described by ``cfg``; return the final metrics.
 
     ``stop_after_epoch`` ends the process early after that many completed epochs, as an
-    interruption would (used by the resume tests).
+    interruption would (used by the resume tests). Under torchrun every process calls this.
     """
-    from .data import build_loaders
     cfg.validate()
-    device = resolve_device(cfg.device)
+    with distributed.launch(cfg.device) as world:
+        return _run(cfg, world, stop_after_epoch, show_progress and world.main)
+
+
+def _run(cfg: TrainConfig, world: distributed.World, stop_after_epoch: int | None, show_progress: bool) -> dict:
+    from .data import build_loaders
+    device = world.device
     if device.type == "cpu":
         # Saliency-scaled, masked activations drift into denormal floats, which x86 CPUs compute
         # ~5x slower (a ResNet-20 ManiDP step went from 0.5 s to 2.6 s); values below 1e-38 change nothing.
@@ -217,22 +253,24 @@ def run(cfg: TrainConfig, stop_after_epoch: int | None = None, show_progress: bo
     train_loader, test_loader, info = build_loaders(
         cfg.dataset, cfg.data, cfg.batch_size, device=device, seed=cfg.seed, workers=cfg.workers,
         image_size=cfg.image_size, cache_dir=cfg.cache_dir, download=cfg.download,
-        limit_train=cfg.limit_train, limit_test=cfg.limit_test)
-    model = build_model(cfg.arch, num_classes=info["num_classes"], gated=cfg.method == "manidp",
-                        fc2_init=cfg.gate_init)
+        limit_train=cfg.limit_train, limit_test=cfg.limit_test, shard=(world.rank, world.size))
+    distributed.check_shardable(info["num_train"], cfg.batch_size, world.size)
+    method = get_method(cfg.method)   # its hooks: manidp/methods/base.py
+    model = method.build(cfg.arch, info["num_classes"], cfg.gate_init)
     model.input_size = cfg.image_size or info.get("input_size") or model.input_size
 
-    if cfg.method == "manidp":
+    if method.prunes:
         if not cfg.baseline:
-            raise ManidpError("--baseline is required for ManiDP: the dense checkpoint to prune")
+            raise ManidpError(f"--baseline is required for --method {cfg.method}: the dense checkpoint to prune")
         ckpt_io.load_baseline(model, cfg.baseline)
-        target = cfg.remain_rate if cfg.remain_rate is not None else \
-            remain_rate_for_reduction(model, cfg.target_reduction)
+        target = method.target(model, cfg)
     else:
         target = None
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    if world.size > 1:
+        distributed.sync_batchnorm(model, device)
     optimizer = make_optimizer(model, cfg)
     total_steps = cfg.epochs * len(train_loader)
     scheduler = make_scheduler(optimizer, total_steps)
@@ -246,39 +284,51 @@ def run(cfg: TrainConfig, stop_after_epoch: int | None = None, show_progress: bo
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         start, history, reference_loss = saved["epoch"], saved["metrics"], saved.get("reference_loss")
-    write_json(out / "config.json", {**asdict(cfg), "resolved_remain_rate": target, "data_info": info})
-    write_json(out / "env.json", environment(device, cfg.seed))
+    distributed.check_same(start, f"the epoch to resume from ({ckpt_path})")
+    trainer = distributed.wrap(model, device) if world.size > 1 else model
+    if world.main:
+        write_json(out / "config.json", {**asdict(cfg), "resolved_remain_rate": target, "data_info": info})
+        env = environment(device, cfg.seed)
+        if world.size > 1:
+            env["processes"] = world.size
+        write_json(out / "env.json", env)
 
     if cfg.method == "manidp" and reference_loss is None:
         reference_loss = reference_loss_pass(model, train_loader, device, cfg, show_progress)
+    if start == 0:
+        method.begin(model, cfg, target)
 
     for epoch in range(start, cfg.epochs):
-        stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, cfg,
+        started = method.start_epoch(model, epoch, cfg, target)
+        stats = train_one_epoch(trainer, train_loader, optimizer, scheduler, scaler, device, cfg,
                                 epoch, reference_loss, ckpt_path, show_progress)
-        record = {"epoch": epoch + 1, **stats}
+        record = {"epoch": epoch + 1, **stats, **started, **method.end_epoch(model, epoch, cfg, target)}
         if cfg.method == "manidp":
             record["reference_loss"] = reference_loss
             record["remain_rate"] = update_thresholds(model, epoch, cfg.epochs, target)
             record["thresholds"] = model.thresholds()
             reference_loss = stats["train_ce"]     # next epoch's complexity reference
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            ev = evaluate(model, test_loader, device, amp=cfg.amp, channels_last=cfg.channels_last,
+            ev = evaluate(method.deployable(model), test_loader, device, amp=cfg.amp, channels_last=cfg.channels_last,
                           input_size=model.input_size, show_progress=show_progress, desc="test")
             record.update(test_top1=ev["top1"], test_top5=ev["top5"], test_loss=ev["loss"],
                           macs_mean=ev["macs"]["macs_mean"], reduction_pct=ev["macs"]["reduction_pct"])
         history.append(record)
-        _save(ckpt_path, model, optimizer, scheduler, epoch + 1, history, reference_loss, cfg, info)
-        write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-        print(_summary_line(record), flush=True)
+        if world.main:
+            _save(ckpt_path, model, optimizer, scheduler, epoch + 1, history, reference_loss, cfg, info)
+            write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+            print(_summary_line(record), flush=True)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             return {"stopped_after_epoch": epoch + 1}
 
-    final = evaluate(model, test_loader, device, amp=cfg.amp, channels_last=cfg.channels_last,
+    measured = method.deployable(model)          # FPGM: the physically pruned network
+    final = evaluate(measured, test_loader, device, amp=cfg.amp, channels_last=cfg.channels_last,
                      input_size=model.input_size, show_progress=show_progress, desc="final eval")
     final.update(arch=cfg.arch, dataset=cfg.dataset, method=cfg.method, seed=cfg.seed,
                  epochs=cfg.epochs, thresholds=model.thresholds(), remain_rate_target=target,
                  data_source=info.get("source"))
-    write_json(out / "metrics.json", final)
+    if world.main:
+        write_json(out / "metrics.json", final)
     return final
 
 

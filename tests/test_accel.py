@@ -227,6 +227,9 @@ def test_rejects_plain_train_mode_and_unknown_strategy():
         accel.convert(build_model("resnet20").eval())
     with pytest.raises(ManidpError, match="eval"):
         accel.convert(build_model("resnet20", gated=True))            # nn.Module default: train mode
+    from manidp.methods import get_method
+    with pytest.raises(ManidpError, match="FbsGate"):
+        accel.convert(get_method("fbs").build("resnet20", 10).eval())
     engine = accel.convert(build_model("resnet20", gated=True).eval())
     with pytest.raises(ManidpError, match="strategy"):
         engine(torch.randn(1, 3, 32, 32), strategy="bogus")

@@ -26,7 +26,7 @@ def test_gate_as_in_reference():
     assert torch.all(g64.fc2.bias == 1.0)                   # every gate starts open
     assert torch.all(g64.fc2.weight == 0)                   # ours: saliency starts at exactly 1.0
     official = build_model("resnet18", gated=True, fc2_init="kaiming").layer1[0].gate1
-    assert float(official.fc2.weight.std()) == pytest.approx((2 / 64) ** 0.5, rel=0.1)
+    assert float(official.fc2.weight.detach().std()) == pytest.approx((2 / 64) ** 0.5, rel=0.1)
     with pytest.raises(ManidpError, match="--gate-init 'xavier'"):
         build_model("resnet20", gated=True, fc2_init="xavier")
     assert float(g64.threshold) == -10000.0

@@ -98,7 +98,9 @@ class ResNet(nn.Module):
         return [g for b in self.blocks() if isinstance(b, GatedBasicBlock) for g in (b.gate1, b.gate2)]
 
     def gate_names(self) -> list[str]:
-        return [n for n, m in self.named_modules() if isinstance(m, Gate)]
+        """Module names of :meth:`gates`, in the same order (any gate module, e.g. FBS's)."""
+        names = {id(m): n for n, m in self.named_modules()}
+        return [names[id(g)] for g in self.gates()]
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
@@ -114,7 +116,8 @@ class ResNet(nn.Module):
         return self.head(x)
 
     def thresholds(self) -> list[float]:
-        return [float(g.threshold) for g in self.gates()]
+        """Per-layer thresholds of the ManiDP gates (empty for gates without one, e.g. FBS's top-k)."""
+        return [float(g.threshold) for g in self.gates() if isinstance(g, Gate)]
 
 
 def build_model(arch: str, num_classes: int | None = None, gated: bool = False,

@@ -1,15 +1,17 @@
-"""The experiment list: one ManiDP row of the paper per line (``config/experiments.tsv``).
+"""The experiment list: one pruning run of the paper per line (``config/experiments.tsv``).
 
 Columns (tab-separated; ``#`` starts a comment line; empty cells take the default):
 
 ``dataset``           cifar10 | imagenet
 ``arch``              resnet20, resnet32, resnet56, resnet110 (cifar10); resnet18, resnet34 (imagenet)
-``point``             operating point, part of the output path ``manidp-{point}`` (letters/digits)
-``published``         the method's name in ``published.csv`` (ManiDP, ManiDP-A, ManiDP-B) whose
-                      numbers this row regenerates and is compared with
+``point``             operating point, part of the output path ``{method}-{point}`` (letters/digits)
+``published``         the method's name in ``published.csv`` (ManiDP, ManiDP-A, ManiDP-B, FBS, FPGM...)
+                      whose numbers this row regenerates and is compared with; empty (an ablation):
+                      none, then ``target_reduction`` is required
 ``target_reduction``  target MAC reduction in %; empty: the published row's FLOPs reduction
 ``lambda_sparse``     lambda_1 of this row; empty: the config's ``manidp.<dataset>.lambda_sparse``
 ``lambda_sim``        lambda_2 of this row; empty: the config's ``manidp.<dataset>.lambda_sim``
+``method``            a key of the config's ``methods`` (manidp, fbs, fpgm, an ablation...); empty: manidp
 
 Every problem is one line naming the file, the row and the column.
 """
@@ -28,8 +30,9 @@ from . import published as pub
 # (so the DAG builds without importing torch); tests/test_pipeline.py keeps the two in step.
 ARCHS = {"cifar10": ("resnet20", "resnet32", "resnet56", "resnet110"),
          "imagenet": ("resnet18", "resnet34")}
-COLUMNS = ("dataset", "arch", "point", "published", "target_reduction", "lambda_sparse", "lambda_sim")
+COLUMNS = ("dataset", "arch", "point", "published", "target_reduction", "lambda_sparse", "lambda_sim", "method")
 REQUIRED = ("dataset", "arch", "point", "published")
+DEFAULT_METHOD = "manidp"
 
 
 @dataclass(frozen=True)
@@ -41,14 +44,16 @@ class Experiment:
     target_reduction: float           # % of dense MACs to remove
     lambda_sparse: float | None = None
     lambda_sim: float | None = None
+    method: str = DEFAULT_METHOD      # a key of the config's ``methods``
 
     @property
     def variant(self) -> str:
-        return f"manidp-{self.point}"
+        return f"{self.method}-{self.point}"
 
 
-def load(path: str | Path, published: pd.DataFrame) -> list[Experiment]:
-    """Read and check the experiment list against the known architectures and the published table."""
+def load(path: str | Path, published: pd.DataFrame, methods=None) -> list[Experiment]:
+    """Read and check the experiment list against the known architectures and the published table
+    (and, if given, the config's method names)."""
     path = Path(path)
     if not path.is_file():
         raise ManidpError(f"{path}: experiment list not found (config key: experiments)")
@@ -75,12 +80,18 @@ def load(path: str | Path, published: pd.DataFrame) -> list[Experiment]:
             hint = (f"{arch} is an architecture for {next(d for d in ARCHS if arch in ARCHS[d])}, not {ds}"
                     if arch in every else f"unknown architecture {arch!r}")
             raise ManidpError(f"{where}: {hint} (column arch); choose one of {', '.join(ARCHS[ds])}")
+        name = row.get("method") or DEFAULT_METHOD
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ManidpError(f"{where}: method {name!r} must be lower-case letters, digits and _ (column method)")
+        if methods is not None and name not in methods:
+            raise ManidpError(f"{where}: unknown method {name!r} (column method); choose one of "
+                              f"{', '.join(methods)} (config key methods)")
         if not re.fullmatch(r"[A-Za-z0-9]+", point or ""):
-            raise ManidpError(f"{where}: point {point!r} must be letters and digits (it names the folder manidp-<point>)")
-        if (ds, arch, point) in seen:
-            raise ManidpError(f"{where}: {ds} {arch} point {point} is listed twice")
-        seen.add((ds, arch, point))
-        ref = pub.lookup(published, ds, arch, method)
+            raise ManidpError(f"{where}: point {point!r} must be letters and digits (it names the folder {name}-<point>)")
+        if (ds, arch, name, point) in seen:
+            raise ManidpError(f"{where}: {ds} {arch} {name} point {point} is listed twice")
+        seen.add((ds, arch, name, point))
+        ref = pub.lookup(published, ds, arch, method) if method else None
         target = _number(row.get("target_reduction", ""), where, "target_reduction")
         if target is None:
             if ref is None or pd.isna(ref["flops_reduction_pct"]):
@@ -92,7 +103,7 @@ def load(path: str | Path, published: pd.DataFrame) -> list[Experiment]:
             raise ManidpError(f"{where}: target_reduction {target} must be in (0, 100)")
         out.append(Experiment(ds, arch, point, method, target,
                               _number(row.get("lambda_sparse", ""), where, "lambda_sparse"),
-                              _number(row.get("lambda_sim", ""), where, "lambda_sim")))
+                              _number(row.get("lambda_sim", ""), where, "lambda_sim"), name))
     if not out:
         raise ManidpError(f"{path}: lists no experiment")
     return out

@@ -80,7 +80,7 @@ def top1_vs_macs(summary: pd.DataFrame, published: pd.DataFrame, dataset: str, l
             yerr = s["top1_err_std"] if pd.notna(s["top1_err_std"]) else None
             ax.errorbar([x], [y], xerr=xerr, yerr=yerr, marker="D", color="tab:green", capsize=3,
                         linestyle="none")
-            ax.annotate(f"{s['published']} (ours, n={int(s['n'])})", (x, y), textcoords="offset points",
+            ax.annotate(f"{s['published'] or s['variant']} (ours, n={int(s['n'])})", (x, y), textcoords="offset points",
                         xytext=(4, -10), fontsize=7, color="tab:green")
         ax.set_title(pub.model_name(arch))
         ax.set_xlabel("MACs kept (% of dense conv+FC)")
@@ -100,7 +100,7 @@ def macs_histogram(evals: list[tuple[dict, dict]], dataset: str, label: str = ""
     """``evals``: (run description, eval JSON) of the pruned runs."""
     groups: dict[tuple[str, str], list] = {}
     for spec, result in evals:
-        groups.setdefault((spec["arch"], spec["published"]), []).append((spec, result))
+        groups.setdefault((spec["arch"], spec["published"] or spec["variant"]), []).append((spec, result))
     fig, axes = _panels(len(groups))
     if not groups:
         _empty(fig, axes[0], "no pruned model measured")
@@ -127,7 +127,8 @@ def keep_rates(evals: list[tuple[dict, dict]], dataset: str, label: str = "", sm
     """Per-gate keep rate (kept / all channels, averaged over the evaluation set), mean over seeds."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for spec, result in evals:
-        groups.setdefault((spec["arch"], spec["published"]), []).append(result["macs"].get("keep_rates", {}))
+        groups.setdefault((spec["arch"], spec["published"] or spec["variant"]), []).append(
+            result["macs"].get("keep_rates", {}))
     fig, axes = _panels(len(groups), width=5.0)
     if not groups:
         _empty(fig, axes[0], "no pruned model measured")

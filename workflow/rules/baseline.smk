@@ -13,11 +13,14 @@ rule train_baseline:
         data=lambda wc: data_path(wc.dataset),
         out=lambda wc: run_dir(wc.dataset, wc.arch, "baseline", f"seed{wc.seed}"),
         options=baseline_options,
+        launch=launcher,
     threads: config["threads"]["train"]
+    resources:
+        **job_resources("train_baseline"),
     log:
         f"{RESULTS}/{{dataset}}/{{arch}}/baseline/seed{{seed}}/train.log",
     shell:
-        "manidp train-baseline --dataset {wildcards.dataset} --data {params.data:q} --arch {wildcards.arch} "
+        "{params.launch} train-baseline --dataset {wildcards.dataset} --data {params.data:q} --arch {wildcards.arch} "
         "--seed {wildcards.seed} --out {params.out:q} {params.options} --quiet 2>&1 | tee {log:q}"
 
 
@@ -31,6 +34,8 @@ rule import_torchvision:
         hub_dir=config["imagenet_baseline"]["hub_dir"],
         key=lambda wc: f"imagenet_baseline.weights.{wc.arch}",
     priority: 90
+    resources:
+        **job_resources("import_torchvision"),
     log:
         f"{RESULTS}/logs/import_torchvision_{{arch}}.log",
     script:

@@ -68,7 +68,7 @@ if SMOKE and any(Path(p).resolve() == (REPO / full).resolve()
 
 try:
     PUBLISHED = pub.load(config["published"])
-    EXPERIMENTS = exps.load(config["experiments"], PUBLISHED)
+    EXPERIMENTS = exps.load(config["experiments"], PUBLISHED, methods=list(config["methods"]))
 except ManidpError as e:
     raise WorkflowError(str(e)) from None
 
@@ -85,7 +85,8 @@ wildcard_constraints:
     arch="resnet[0-9]+",
     seed="[0-9]+",
     point="[A-Za-z0-9]+",
-    variant="baseline|manidp-[A-Za-z0-9]+",
+    method="[a-z][a-z0-9_]*",
+    variant="baseline|[a-z][a-z0-9_]*-[A-Za-z0-9]+",
     run="seed[0-9]+|torchvision",
 
 
@@ -115,14 +116,15 @@ def done_marker(dataset, arch, variant, run):
 
 def experiment(wildcards):
     for x in EXPERIMENTS:
-        if (x.dataset, x.arch, x.point) == (wildcards.dataset, wildcards.arch, wildcards.point):
+        if (x.dataset, x.arch, x.method, x.point) == (wildcards.dataset, wildcards.arch, wildcards.method,
+                                                      wildcards.point):
             return x
-    raise WorkflowError(f"no experiment {wildcards.dataset} {wildcards.arch} point {wildcards.point} "
-                        f"in {config['experiments']} (or excluded by archs)")
+    raise WorkflowError(f"no experiment {wildcards.dataset} {wildcards.arch} {wildcards.method} point "
+                        f"{wildcards.point} in {config['experiments']} (or excluded by archs)")
 
 
 def run_specs(dataset):
-    """Every evaluated model of a dataset: its baselines, then its ManiDP runs, over all seeds."""
+    """Every evaluated model of a dataset: its baselines, then its pruned runs, over all seeds."""
     specs = []
     for arch in dict.fromkeys(x.arch for x in EXPERIMENTS if x.dataset == dataset):
         for run in dict.fromkeys(baseline_run(dataset, s) for s in SEEDS):
@@ -183,9 +185,24 @@ def baseline_options(wildcards):
     return cli_options({**config["baseline"][wildcards.dataset], **common_options(wildcards.dataset)})
 
 
+# ManiDP's loss options in config manidp.<dataset>: not passed to the other methods.
+MANIDP_LOSS_KEYS = ("lambda_sparse", "lambda_sim", "gamma", "complexity_scale", "detach_weight", "complexity_weighting")
+
+
+def method_name(wildcards):
+    """The `manidp prune --method` of the config's methods entry {method} (manidp, fbs, fpgm)."""
+    return config["methods"][wildcards.method]["method"]
+
+
 def manidp_options(wildcards):
+    """`manidp prune` options of one experiment: the dataset's training recipe (config manidp.<dataset>,
+    the same budget for every method), the method entry's own options, the row's loss weights."""
     x = experiment(wildcards)
+    entry = {k: v for k, v in config["methods"][wildcards.method].items() if k != "method"}
     opts = dict(config["manidp"][wildcards.dataset])
+    if method_name(wildcards) != "manidp":
+        opts = {k: v for k, v in opts.items() if k not in MANIDP_LOSS_KEYS}
+    opts.update(entry)
     if x.lambda_sparse is not None:
         opts["lambda_sparse"] = x.lambda_sparse
     if x.lambda_sim is not None:
@@ -196,6 +213,36 @@ def manidp_options(wildcards):
 
 def evaluate_options(wildcards):
     return cli_options({**config["evaluate"][wildcards.dataset], **common_options(wildcards.dataset)})
+
+
+# ------------------------------------------------------------------------------ cluster resources
+
+def job_resources(rule):
+    """What a job of `rule` asks a cluster for (config key cluster; profiles/slurm): CPUs, memory and
+    wall time, the site's partition and account when set, and GPUs only when the config trains on a
+    GPU (device is not cpu), as gpu/gpu_model (sbatch --gpus) or gres (--gres). Unset keys are left
+    out, so that a profile's default-resources apply."""
+    c, job = config["cluster"], config["cluster"][rule]
+    res = {"mem_mb": job["mem_mb"], "runtime": job["runtime"], "cpus_per_task": job["cpus"],
+           "slurm_partition": c["partition"], "slurm_account": c["account"]}
+    gpus = job["gpus"] if config["device"] != "cpu" else 0
+    if gpus and c["gpu_request"] == "gres":
+        res["gres"] = ":".join(["gpu"] + ([c["gpu_model"]] if c["gpu_model"] else []) + [str(gpus)])
+    elif gpus:
+        res.update(gpu=gpus, gpu_model=c["gpu_model"])
+    return {k: v for k, v in res.items() if v is not None}
+
+
+def launcher(wildcards, resources):
+    """`manidp`, or `torchrun --standalone --nproc_per_node N -m manidp` when a training job is given
+    N > 1 GPUs (resources gpu, or gres gpu[:model]:N): one DistributedDataParallel process per GPU
+    with the same global batch (manidp/distributed.py)."""
+    gpus = resources.get("gpu", 0) or 0
+    gres = str(resources.get("gres", "") or "")
+    if not gpus and gres.startswith("gpu"):
+        gpus = gres.rsplit(":", 1)[-1] if ":" in gres else 1
+    n = int(gpus)
+    return f"torchrun --standalone --nproc_per_node {n} -m manidp" if n > 1 else "manidp"
 
 
 # ------------------------------------------------------------------------------ targets

@@ -13,6 +13,8 @@ if config["data"]["imagenet"]["synthetic"]["enabled"]:
         params:
             root=data_path("imagenet"),
             options=config["data"]["imagenet"]["synthetic"],
+        resources:
+            **job_resources("synthetic_imagenet"),
         log:
             f"{RESULTS}/logs/synthetic_imagenet.log",
         script:

@@ -14,6 +14,8 @@ rule measure:
         checkpoint=lambda wc, input: str(Path(input.done).parent / "checkpoint.pt"),
         options=evaluate_options,
     threads: config["threads"]["evaluate"]
+    resources:
+        **job_resources("measure"),
     log:
         f"{RESULTS}/{{dataset}}/{{arch}}/{{variant}}/{{run}}/evaluate.log",
     shell:
