@@ -248,17 +248,12 @@ def manidp_loss(net, logits: torch.Tensor, targets: torch.Tensor, reference_loss
     from the gathered features and saliencies. Returned parts: per-instance CE and weights (local),
     sparse (local mean), sim (global, the same on every process).
     """
-    from .losses import complexity_weights, sparsity_loss
-    ce = F.cross_entropy(logits.float(), targets, reduction="none")
-    if opts.complexity_weighting:
-        w = complexity_weights(ce, reference_loss, opts.gamma, opts.complexity_scale, opts.detach_weight)
-    else:
-        w = torch.ones_like(ce)
-    zero = logits.new_zeros(())
-    sparse = sparsity_loss(net, w) if opts.lambda_sparse else zero
-    sim = global_similarity_loss(net, total) if opts.lambda_sim else zero
-    loss = share(len(ce), total) * (ce.mean() + opts.lambda_sparse * sparse) + size() * opts.lambda_sim * sim
-    return loss, {"ce": ce.detach(), "sparse": sparse.detach(), "sim": sim.detach(), "weight": w.detach()}
+    from .losses import detached, loss_terms
+    t = loss_terms(net, logits, targets, reference_loss, opts,
+                   similarity=lambda m: global_similarity_loss(m, total))
+    loss = share(len(t["ce"]), total) * (t["ce"].mean() + opts.lambda_sparse * t["sparse"]) \
+        + size() * opts.lambda_sim * t["sim"]
+    return loss, detached(t)
 
 
 def global_similarity_loss(net, total: int) -> torch.Tensor:

@@ -87,12 +87,10 @@ def similarity_loss(model: ResNet) -> torch.Tensor:
     return sum(alignment_loss(g.feature, g.saliency) for g in model.gates())
 
 
-def manidp_loss(model: ResNet, logits: torch.Tensor, targets: torch.Tensor,
-                reference_loss: float, opts: LossOptions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The full objective for the batch of the model's last forward pass.
-
-    Returns the loss and its parts (per-instance CE included, for the next epoch's reference loss).
-    """
+def loss_terms(model: ResNet, logits: torch.Tensor, targets: torch.Tensor, reference_loss: float,
+               opts: LossOptions, similarity=similarity_loss) -> dict[str, torch.Tensor]:
+    """The objective's terms for the model's last forward pass: per-instance CE and complexity weight,
+    the sparsity loss and the similarity loss (``similarity(model)``; zero where its lambda is 0)."""
     ce = F.cross_entropy(logits.float(), targets, reduction="none")
     if opts.complexity_weighting:
         w = complexity_weights(ce, reference_loss, opts.gamma, opts.complexity_scale, opts.detach_weight)
@@ -100,6 +98,20 @@ def manidp_loss(model: ResNet, logits: torch.Tensor, targets: torch.Tensor,
         w = torch.ones_like(ce)
     zero = logits.new_zeros(())
     sparse = sparsity_loss(model, w) if opts.lambda_sparse else zero
-    sim = similarity_loss(model) if opts.lambda_sim else zero
-    loss = ce.mean() + opts.lambda_sparse * sparse + opts.lambda_sim * sim
-    return loss, {"ce": ce.detach(), "sparse": sparse.detach(), "sim": sim.detach(), "weight": w.detach()}
+    sim = similarity(model) if opts.lambda_sim else zero
+    return {"ce": ce, "weight": w, "sparse": sparse, "sim": sim}
+
+
+def detached(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in terms.items()}
+
+
+def manidp_loss(model: ResNet, logits: torch.Tensor, targets: torch.Tensor,
+                reference_loss: float, opts: LossOptions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The full objective for the batch of the model's last forward pass.
+
+    Returns the loss and its parts (per-instance CE included, for the next epoch's reference loss).
+    """
+    t = loss_terms(model, logits, targets, reference_loss, opts)
+    loss = t["ce"].mean() + opts.lambda_sparse * t["sparse"] + opts.lambda_sim * t["sim"]
+    return loss, detached(t)

@@ -41,7 +41,7 @@ from torch import nn
 from ..errors import ManidpError
 from ..macs import remain_rate_for_reduction
 from ..models import ResNet, build_model
-from ..models.gate import FC2_BIAS_INIT, FC2_INITS, global_pool
+from ..models.gate import global_pool, init_saliency_fc
 from ..schedule import remain_rate
 from .base import Method, kept_channels
 
@@ -61,13 +61,7 @@ class FbsGate(nn.Module):
         super().__init__()
         self.c_in, self.c_out = c_in, c_out
         self.fc = nn.Linear(c_in, c_out, bias=True)
-        if fc_init == "zero":
-            nn.init.zeros_(self.fc.weight)
-        elif fc_init == "kaiming":
-            nn.init.kaiming_normal_(self.fc.weight)
-        else:
-            raise ManidpError(f"--gate-init '{fc_init}' is unknown: use one of {', '.join(FC2_INITS)}")
-        nn.init.constant_(self.fc.bias, FC2_BIAS_INIT)
+        init_saliency_fc(self.fc, fc_init)
         self.register_buffer("density", torch.tensor(float(density), dtype=torch.float64))
         self.saliency: torch.Tensor | None = None
         self.keep: torch.Tensor | None = None

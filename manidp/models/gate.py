@@ -29,6 +29,18 @@ FC2_INITS = ("zero", "kaiming")
 INITIAL_THRESHOLD = -10000.0
 
 
+def init_saliency_fc(fc: nn.Linear, init: str, bias: float = FC2_BIAS_INIT) -> None:
+    """Initialise the FC layer that outputs saliencies: weight zero or Kaiming-normal (``--gate-init``),
+    bias ``bias`` (1.0: every channel starts open)."""
+    if init == "kaiming":
+        nn.init.kaiming_normal_(fc.weight)
+    elif init == "zero":
+        nn.init.zeros_(fc.weight)
+    else:
+        raise ManidpError(f"--gate-init '{init}' is unknown: use one of {', '.join(FC2_INITS)}")
+    nn.init.constant_(fc.bias, bias)
+
+
 class Gate(nn.Module):
     """Saliency predictor for one gated convolution: GAP -> FC1 (no bias) -> ReLU -> FC2 -> ReLU -> clamp.
 
@@ -48,13 +60,7 @@ class Gate(nn.Module):
         self.fc1 = nn.Linear(c_in, hidden, bias=False)
         self.fc2 = nn.Linear(hidden, c_out, bias=True)
         nn.init.kaiming_normal_(self.fc1.weight)
-        if fc2_init == "kaiming":
-            nn.init.kaiming_normal_(self.fc2.weight)
-        elif fc2_init == "zero":
-            nn.init.zeros_(self.fc2.weight)
-        else:
-            raise ManidpError(f"--gate-init '{fc2_init}' is unknown: use one of {', '.join(FC2_INITS)}")
-        nn.init.constant_(self.fc2.bias, bias_init)
+        init_saliency_fc(self.fc2, fc2_init, bias_init)
         self.register_buffer("threshold", torch.tensor(INITIAL_THRESHOLD))
         self.register_buffer("saliency_sum", torch.zeros(c_out, dtype=torch.float64))
         self.register_buffer("saliency_count", torch.zeros((), dtype=torch.long))
