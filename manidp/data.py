@@ -708,6 +708,14 @@ def imagefolder_loaders(root, batch_size: int, workers: int = 2, image_size: int
     return train, val, list(train_set.classes)
 
 
+def _first_or_spread(y: torch.Tensor, n: int):
+    """Indices of ``n`` of the rows labelled ``y``: the first ``n``, or evenly spaced ones when the
+    rows are sorted by class (a JPEG copy read folder by folder), whose first rows hold few classes."""
+    if n >= len(y) or not bool((y[1:] >= y[:-1]).all()):
+        return slice(0, n)
+    return torch.as_tensor(_spread(len(y), n))
+
+
 def _spread(n: int, limit: int | None):
     """``limit`` evenly spaced indices of ``n`` (all when no limit): image folders are sorted by
     class, so the first ``limit`` would hold only the first classes."""
@@ -761,8 +769,9 @@ def build_loaders(dataset: str, data_path, batch_size: int, device, seed: int, w
     ``shard=(rank, processes)``: ``batch_size`` is the global batch and the loaders yield this
     process's part of each (multi-process training, ``manidp/distributed.py``).
 
-    ``limit_train`` / ``limit_test`` keep only that many instances (smoke runs): the first ones for
-    CIFAR, whose rows are in random class order; evenly spaced ones for image folders.
+    ``limit_train`` / ``limit_test`` keep only that many instances (smoke runs, CPU studies): the
+    first ones for CIFAR in its own format, whose rows are in random class order; evenly spaced ones
+    where rows are sorted by class (image folders, CIFAR JPEG copies), so every class is kept.
     """
     check(dataset in DATASETS, f"--dataset {dataset!r}: unknown; choose one of {', '.join(DATASETS)}")
     for name, limit in (("--limit-train", limit_train), ("--limit-test", limit_test)):
@@ -788,9 +797,10 @@ def build_loaders(dataset: str, data_path, batch_size: int, device, seed: int, w
                                       f"images are {size}x{size}; leave --image-size unset")
     n_train = len(arrays.train_y) if limit_train is None else min(limit_train, len(arrays.train_y))
     n_test = len(arrays.test_y) if limit_test is None else min(limit_test, len(arrays.test_y))
-    train = TensorLoader(arrays.train_x[:n_train], arrays.train_y[:n_train], batch_size,
+    train_i, test_i = _first_or_spread(arrays.train_y, n_train), _first_or_spread(arrays.test_y, n_test)
+    train = TensorLoader(arrays.train_x[train_i], arrays.train_y[train_i], batch_size,
                          arrays.mean, arrays.std, train=True, device=device, seed=seed, shard=shard)
-    test = TensorLoader(arrays.test_x[:n_test], arrays.test_y[:n_test], batch_size,
+    test = TensorLoader(arrays.test_x[test_i], arrays.test_y[test_i], batch_size,
                         arrays.mean, arrays.std, train=False, device=device, seed=seed, shard=shard)
     source = arrays.source
     if n_train < len(arrays.train_y) or n_test < len(arrays.test_y):

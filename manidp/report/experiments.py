@@ -12,6 +12,8 @@ Columns (tab-separated; ``#`` starts a comment line; empty cells take the defaul
 ``lambda_sparse``     lambda_1 of this row; empty: the config's ``manidp.<dataset>.lambda_sparse``
 ``lambda_sim``        lambda_2 of this row; empty: the config's ``manidp.<dataset>.lambda_sim``
 ``method``            a key of the config's ``methods`` (manidp, fbs, fpgm, an ablation...); empty: manidp
+``seeds``             the seeds of this row, comma-separated (``0,1,2``); empty: the config's ``seeds``.
+                      A study gives its headline rows more seeds than its sweep points.
 
 Every problem is one line naming the file, the row and the column.
 """
@@ -30,7 +32,8 @@ from . import published as pub
 # (so the DAG builds without importing torch); tests/test_pipeline.py keeps the two in step.
 ARCHS = {"cifar10": ("resnet20", "resnet32", "resnet56", "resnet110"),
          "imagenet": ("resnet18", "resnet34")}
-COLUMNS = ("dataset", "arch", "point", "published", "target_reduction", "lambda_sparse", "lambda_sim", "method")
+COLUMNS = ("dataset", "arch", "point", "published", "target_reduction", "lambda_sparse", "lambda_sim", "method",
+           "seeds")
 REQUIRED = ("dataset", "arch", "point", "published")
 DEFAULT_METHOD = "manidp"
 
@@ -45,6 +48,7 @@ class Experiment:
     lambda_sparse: float | None = None
     lambda_sim: float | None = None
     method: str = DEFAULT_METHOD      # a key of the config's ``methods``
+    seeds: tuple[int, ...] | None = None  # None: the config's seeds
 
     @property
     def variant(self) -> str:
@@ -103,10 +107,23 @@ def load(path: str | Path, published: pd.DataFrame, methods=None) -> list[Experi
             raise ManidpError(f"{where}: target_reduction {target} must be in (0, 100)")
         out.append(Experiment(ds, arch, point, method, target,
                               _number(row.get("lambda_sparse", ""), where, "lambda_sparse"),
-                              _number(row.get("lambda_sim", ""), where, "lambda_sim"), name))
+                              _number(row.get("lambda_sim", ""), where, "lambda_sim"), name,
+                              _seeds(row.get("seeds", ""), where)))
     if not out:
         raise ManidpError(f"{path}: lists no experiment")
     return out
+
+
+def _seeds(text, where: str) -> tuple[int, ...] | None:
+    if text is None or text == "":
+        return None
+    words = [w.strip() for w in text.split(",")]
+    if not all(re.fullmatch(r"[0-9]+", w) for w in words):
+        raise ManidpError(f"{where}: seeds {text!r} must be non-negative integers separated by commas (e.g. 0,1,2)")
+    seeds = tuple(int(w) for w in words)
+    if len(set(seeds)) != len(seeds):
+        raise ManidpError(f"{where}: seeds {text!r} lists a seed twice")
+    return seeds
 
 
 def _number(text, where: str, column: str) -> float | None:

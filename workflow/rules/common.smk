@@ -123,18 +123,25 @@ def experiment(wildcards):
                         f"{wildcards.point} in {config['experiments']} (or excluded by archs)")
 
 
+def row_seeds(x):
+    """The seeds of one experiment row: its own seeds column, else the config's seeds."""
+    return list(x.seeds) if x.seeds is not None else SEEDS
+
+
 def run_specs(dataset):
-    """Every evaluated model of a dataset: its baselines, then its pruned runs, over all seeds."""
+    """Every evaluated model of a dataset: its baselines (one per seed any row of the architecture
+    uses), then its pruned runs, each over its row's seeds."""
     specs = []
     for arch in dict.fromkeys(x.arch for x in EXPERIMENTS if x.dataset == dataset):
-        for run in dict.fromkeys(baseline_run(dataset, s) for s in SEEDS):
+        seeds = [s for x in EXPERIMENTS if (x.dataset, x.arch) == (dataset, arch) for s in row_seeds(x)]
+        for run in dict.fromkeys(baseline_run(dataset, s) for s in sorted(set(seeds))):
             specs.append(dict(dataset=dataset, arch=arch, variant="baseline", point="", published=pub.BASELINE,
                               run=run, seed=None if run == "torchvision" else int(run[4:]),
                               baseline_run="", target_reduction=0.0))
     for x in EXPERIMENTS:
         if x.dataset != dataset:
             continue
-        for s in SEEDS:
+        for s in row_seeds(x):
             specs.append(dict(dataset=dataset, arch=x.arch, variant=x.variant, point=x.point,
                               published=x.published, run=f"seed{s}", seed=s,
                               baseline_run=baseline_run(dataset, s), target_reduction=x.target_reduction))
