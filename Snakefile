@@ -35,6 +35,7 @@ localrules:
     aggregate,
     compare,
     table,
+    method_table,
     plots,
 
 

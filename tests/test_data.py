@@ -524,6 +524,18 @@ def test_build_loaders_cifar(mini):
     raises_one_line(lambda: build_loaders("cifar10", MINI, 128, "cpu", 0, image_size=224), "--image-size")
 
 
+def test_limit_on_a_class_sorted_jpeg_copy_keeps_every_class(tmp_path):
+    """A JPEG copy is read folder by folder (sorted by class): --limit-train must not keep only the
+    first classes; the pickle format (random class order) keeps its first rows."""
+    make_jpeg_tree(tmp_path / "jpeg", per_class=2)
+    train, test, info = build_loaders("cifar10", tmp_path / "jpeg", 4, "cpu", seed=0, limit_train=10, limit_test=5,
+                                      cache_dir=tmp_path / "cache")
+    assert sorted(train.y.tolist()) == list(range(10)) and len(set(test.y.tolist())) == 5
+    y = torch.tensor([3, 1, 2, 0, 1])
+    assert data._first_or_spread(y, 3) == slice(0, 3)
+    assert data._first_or_spread(torch.tensor([0, 0, 1, 1, 2, 2]), 3).tolist() == [0, 2, 5]
+
+
 def test_build_loaders_imagenet(synthetic):
     train, test, info = build_loaders("imagenet", synthetic, 4, "cpu", seed=0, workers=0,
                                       image_size=32, limit_train=6)

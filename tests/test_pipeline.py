@@ -24,8 +24,8 @@ MINI = ROOT.parent / "shared" / "data" / "cifar10-mini.tgz"
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "paper_tables/published.csv",
                   "paper_tables/templates")
 FULL_JOBS = {
-    "imagenet": {"check_data": 1, "import_torchvision": 2, "prune": 4, "measure": 6, "aggregate": 1, "table": 1},
-    "cifar10": {"check_data": 1, "train_baseline": 3, "prune": 3, "measure": 6, "aggregate": 1, "table": 1},
+    "imagenet": {"check_data": 1, "import_torchvision": 2, "prune": 8, "measure": 10, "aggregate": 1, "table": 1},
+    "cifar10": {"check_data": 1, "train_baseline": 3, "prune": 9, "measure": 12, "aggregate": 1, "table": 1},
 }
 
 
@@ -77,7 +77,7 @@ def test_full_dag_dry_run_without_data(workdir, dataset):
     r = snakemake(workdir, "-n", f"paper_tables/{dataset}.tex")
     assert r.returncode == 0, r.stderr[-2000:]
     counts = job_counts(r.stdout + r.stderr)
-    assert counts.pop("total") == sum(FULL_JOBS[dataset].values()) == 15
+    assert counts.pop("total") == sum(FULL_JOBS[dataset].values()) == {"imagenet": 23, "cifar10": 27}[dataset]
     assert counts == FULL_JOBS[dataset]
     assert not (workdir / "results").exists()
 
@@ -86,14 +86,14 @@ def test_seeds_multiply_the_runs(workdir):
     r = snakemake(workdir, "-n", "paper_tables/cifar10.tex", "--config", "seeds=[0,1,2]")
     assert r.returncode == 0, r.stderr[-2000:]
     counts = job_counts(r.stdout + r.stderr)
-    assert counts["train_baseline"] == 9 and counts["prune"] == 9 and counts["measure"] == 18
+    assert counts["train_baseline"] == 9 and counts["prune"] == 27 and counts["measure"] == 36
 
 
 def test_slurm_profile_dry_run(workdir):
     pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install -e '.[slurm]'")
     r = snakemake(workdir, "--dry-run", "--profile", "profiles/slurm", "paper_tables/imagenet.tex")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert job_counts(r.stdout + r.stderr)["total"] == 15
+    assert job_counts(r.stdout + r.stderr)["total"] == 23
     assert re.search(r"rule prune:.*?resources:[^\n]*gpu=1", r.stdout, re.S)
 
 
@@ -169,7 +169,7 @@ def _evals(root: Path, dataset: str) -> dict[str, dict]:
 def test_smoke_runs_every_rule(smoke):
     counts = job_counts(smoke["output"])
     for rule in ("synthetic_imagenet", "check_data", "train_baseline", "prune", "measure", "aggregate",
-                 "compare", "table", "plots"):
+                 "compare", "table", "method_table", "plots"):
         assert counts.get(rule, 0) >= 1, rule
     assert not (smoke["dir"] / "paper_tables" / "cifar10.tex").exists()      # smoke never writes there
 
@@ -235,7 +235,7 @@ def test_smoke_comparisons_are_never_a_pass(smoke):
 @pytest.mark.slow
 def test_smoke_plots_and_report(smoke):
     for dataset in ("cifar10", "imagenet"):
-        for name in ("top1_vs_macs", "macs_histogram", "keep_rates"):
+        for name in ("top1_vs_macs", "macs_histogram", "keep_rates", "methods"):
             for ext in ("png", "pdf"):
                 assert (smoke["root"] / dataset / "plots" / f"{name}.{ext}").stat().st_size > 1000
     r = snakemake(smoke["dir"], *smoke["args"], "--report", "report.html")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from manidp.errors import ManidpError
-from manidp.report import aggregate, compare, datacheck, experiments, published, tables
+from manidp.report import aggregate, compare, datacheck, experiments, published, study, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "paper_tables" / "published.csv"
@@ -38,7 +38,23 @@ def test_experiment_targets_come_from_the_published_table(pub):
     assert got == {("cifar10", "resnet20", "ManiDP"): 54.2, ("cifar10", "resnet32", "ManiDP"): 63.2,
                    ("cifar10", "resnet56", "ManiDP"): 62.4, ("imagenet", "resnet18", "ManiDP-A"): 51.0,
                    ("imagenet", "resnet18", "ManiDP-B"): 55.1, ("imagenet", "resnet34", "ManiDP-A"): 46.8,
-                   ("imagenet", "resnet34", "ManiDP-B"): 55.3}
+                   ("imagenet", "resnet34", "ManiDP-B"): 55.3,
+                   # FBS and FPGM beside their published rows, at their own published reductions
+                   ("cifar10", "resnet20", "FBS"): 53.1, ("cifar10", "resnet20", "FPGM"): 54.0,
+                   ("cifar10", "resnet32", "FBS"): 55.7, ("cifar10", "resnet32", "FPGM"): 53.2,
+                   ("cifar10", "resnet56", "FBS"): 53.6, ("cifar10", "resnet56", "FPGM"): 52.6,
+                   ("imagenet", "resnet18", "FBS"): 49.5, ("imagenet", "resnet18", "FPGM"): 41.8,
+                   ("imagenet", "resnet34", "FBS"): 51.2, ("imagenet", "resnet34", "FPGM"): 41.1}
+    assert {x.method for x in rows if x.published in ("FBS", "FPGM")} == {"fbs", "fpgm"}
+    assert all(x.seeds is None for x in rows)                       # the config's seeds
+
+
+def test_seeds_column(tmp_path, pub):
+    path = tmp_path / "x.tsv"
+    path.write_text("dataset\tarch\tpoint\tpublished\tseeds\n"
+                    "cifar10\tresnet20\tpaper\tManiDP\t0, 1,2\ncifar10\tresnet32\tpaper\tManiDP\t\n")
+    rows = experiments.load(path, pub)
+    assert [x.seeds for x in rows] == [(0, 1, 2), None]
 
 
 def test_arch_lists_mirror_the_models():
@@ -54,10 +70,13 @@ def test_arch_lists_mirror_the_models():
     ("mnist\tresnet20\tpaper\tManiDP", r"row 1: unknown dataset 'mnist'"),
     ("cifar10\tresnet20\tpaper\tManiDP-Z", r"row 1: no published row ResNet-20 'ManiDP-Z'"),
     ("cifar10\tresnet20\tpa-per\tManiDP", r"row 1: point 'pa-per' must be letters and digits"),
+    ("cifar10\tresnet20\tpaper\tManiDP\t\t\t\tmanidp\t0;1", r"row 1: seeds '0;1' must be non-negative integers"),
+    ("cifar10\tresnet20\tpaper\tManiDP\t\t\t\tmanidp\t1,1", r"row 1: seeds '1,1' lists a seed twice"),
 ])
 def test_bad_experiment_rows_are_one_line(tmp_path, pub, line, message):
     path = tmp_path / "x.tsv"
-    path.write_text("dataset\tarch\tpoint\tpublished\n" + line + "\n")
+    header = "\t".join(experiments.COLUMNS) if line.count("\t") > 3 else "dataset\tarch\tpoint\tpublished"
+    path.write_text(header + "\n" + line + "\n")
     with pytest.raises(ManidpError, match=message) as e:
         experiments.load(path, pub)
     assert "\n" not in str(e.value)
@@ -185,3 +204,49 @@ def test_tables_mark_our_rows_and_keep_printed_values(pub, dataset):
     assert "multiply-accumulates" in tex and "SMOKE" not in tex
     if dataset == "imagenet":
         assert "0.07$^\\ddagger$" in tex and "1.85 ‡" in md and "27.46 $-$ 26.69 = 0.77" in tex
+
+
+def test_tables_put_regenerated_competitors_beside_their_published_rows(pub):
+    summary = pd.concat([_summary(8.1, 0.2, 54.0), _summary(9.5, 0.3, 53.0).iloc[[1]].assign(
+        variant="fbs-paper", published="FBS")]).assign(gate_macs=1e4, dense_macs=4e7, data_source="test data")
+    ctx = tables.table_context("cifar10", pub, summary, label="full")
+    rows = [r["method"] for r in next(g for g in ctx["groups"] if g["model"] == "ResNet-20")["rows"]]
+    i = rows.index("FBS")
+    assert rows[i + 1] == "FBS (ours, regenerated)" and rows[rows.index("ManiDP") + 1] == "ManiDP (ours, regenerated)"
+    assert "9.50 ± 0.30" in tables.render(TEMPLATES, "cifar10", "md", ctx)
+
+
+def _study_runs(tmp_path):
+    results = {("baseline", 0): _eval(80.0, 99.0, 0.0), ("baseline", 1): _eval(81.0, 99.0, 0.0),
+               ("manidp-paper", 0): _eval(79.0, 99.0, 54.0), ("manidp-paper", 1): _eval(79.5, 99.0, 55.0),
+               ("fbs-paper", 0): _eval(77.0, 99.0, 54.2), ("fbs-paper", 1): _eval(78.0, 99.0, 54.2),
+               ("fbs-s30", 0): _eval(79.0, 99.0, 30.0)}
+    specs = _specs(tmp_path, results)
+    for s in specs:
+        s["published"] = {"baseline": "Baseline", "manidp-paper": "ManiDP", "fbs-paper": "FBS"}.get(s["variant"], "")
+        s["point"] = s["variant"].rsplit("-", 1)[-1] if s["variant"] != "baseline" else ""
+    return aggregate.collect(specs)
+
+
+def test_method_table_mean_std_best_and_paired_change(tmp_path):
+    t = study.method_table(_study_runs(tmp_path)).set_index(["method", "point"])
+    assert list(t.index) == [("baseline", ""), ("manidp", "paper"), ("fbs", "paper"), ("fbs", "s30")]
+    m = t.loc[("manidp", "paper")]
+    assert m["n"] == 2 and m["top1_mean"] == pytest.approx(79.25) and m["top1_best"] == 79.5
+    assert m["top1_std"] == pytest.approx(0.353553, 1e-5)   # sample std of (79, 79.5)
+    assert m["top1_change_mean"] == pytest.approx(((79.0 - 80.0) + (79.5 - 81.0)) / 2)  # paired per seed
+    assert m["reduction_pct_mean"] == pytest.approx(54.5) and m["macs_mean_m"] == pytest.approx(40 * 0.455)
+    assert math.isnan(t.loc[("fbs", "s30"), "top1_std"]) and t.loc[("fbs", "s30"), "seeds"] == "seed0"
+    md = study.method_table_md(study.method_table(_study_runs(tmp_path)), "T", "cpu")
+    assert "| manidp | paper | 54.2 | 2 | 79.25 ± 0.35 | 79.50 | -1.25 ± 0.35 | 18.20 | 54.5 ± 0.7 |" in md
+    assert "| fbs | s30 | 54.2 | 1 | 79.00 | 79.00 | -1.00 | 28.00 | 30.0 |" in md
+
+
+def test_method_curves_plot(tmp_path, pub):
+    from manidp.report import plots
+    fig = study.method_curves(_study_runs(tmp_path), pub, "cifar10", "cpu", smoke=True)
+    ax = fig.axes[0]
+    assert {t.get_text().split(" (")[0] for t in ax.get_legend().get_texts()} == {"baseline", "manidp", "fbs"}
+    assert any(t.get_text() == "FBS (published)" for t in ax.texts)
+    paths = plots.save(fig, tmp_path / "methods")
+    assert all(p.stat().st_size > 1000 for p in paths)

@@ -258,7 +258,7 @@ def table_targets(dataset):
     return [f"{TABLES}/{dataset}.tex", f"{TABLES}/{dataset}.md"]
 
 
-PLOTS = ("top1_vs_macs", "macs_histogram", "keep_rates")
+PLOTS = ("top1_vs_macs", "macs_histogram", "keep_rates", "methods")
 
 
 def all_targets():
@@ -266,5 +266,6 @@ def all_targets():
     for ds in DATASETS:
         out += table_targets(ds)
         out += [f"{RESULTS}/{ds}/comparison.csv", f"{RESULTS}/{ds}/comparison.md"]
+        out += [f"{RESULTS}/{ds}/methods.csv", f"{RESULTS}/{ds}/methods.md"]
         out += [f"{RESULTS}/{ds}/plots/{p}.{ext}" for p in PLOTS for ext in ("png", "pdf")]
     return out

@@ -1,4 +1,5 @@
-# Figures of a dataset, PNG and PDF: top-1 vs MACs, per-instance MAC histograms, keep rates.
+# Figures of a dataset, PNG and PDF: top-1 vs MACs, per-instance MAC histograms, keep rates, and
+# every method's top-1 vs MACs curve with seed spread and its published point (methods).
 
 
 rule plots:

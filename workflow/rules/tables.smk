@@ -41,3 +41,22 @@ rule table:
         f"{RESULTS}/logs/table_{{dataset}}.log",
     script:
         "../scripts/table.py"
+
+
+rule method_table:
+    """Every method and operating point of a dataset side by side (mean, std and best of n seeds,
+    change against the own baseline, MACs): methods.csv and methods.md (manidp.report.study)."""
+    input:
+        runs=f"{RESULTS}/{{dataset}}/runs.csv",
+    output:
+        csv=report(f"{RESULTS}/{{dataset}}/methods.csv", caption="../report/methods.rst",
+                   category="Comparison", subcategory="{dataset}"),
+        md=report(f"{RESULTS}/{{dataset}}/methods.md", caption="../report/methods.rst",
+                  category="Comparison", subcategory="{dataset}"),
+    params:
+        label=LABEL,
+        smoke=SMOKE,
+    log:
+        f"{RESULTS}/logs/method_table_{{dataset}}.log",
+    script:
+        "../scripts/method_table.py"

@@ -1,7 +1,7 @@
 """Rule plots: top-1 vs MACs, per-instance MAC histograms, keep rates (manidp.report.plots)."""
 from pathlib import Path
 
-from manidp.report import plots, published
+from manidp.report import plots, published, study
 from manidp.report.aggregate import read_csv, read_eval
 from manidp.report.step import run
 
@@ -17,6 +17,7 @@ def main():
         "top1_vs_macs": plots.top1_vs_macs(summary, published.load(sm.input.published), dataset, label, smoke),
         "macs_histogram": plots.macs_histogram(pruned, dataset, label, smoke),
         "keep_rates": plots.keep_rates(pruned, dataset, label, smoke),
+        "methods": study.method_curves(runs, published.load(sm.input.published), dataset, label, smoke),
     }
     for name, fig in figures.items():
         plots.save(fig, Path(sm.output[f"{name}_png"]).with_suffix(""))

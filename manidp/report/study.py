@@ -1,0 +1,122 @@
+"""Methods side by side (the benchmark view of ``runs.csv``): ``methods.csv``, ``methods.md`` and
+the ``methods`` plot.
+
+One row per (architecture, method, operating point) over its seeds: top-1 mean, sample std (ddof=1)
+and best of n (labelled as such: the published numbers are most likely single or best runs), the
+top-1 change against each run's own baseline (paired per seed), mean MACs and MAC reduction. The
+method of a run is the part of its variant before the point (``fbs-paper`` -> ``fbs``).
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from . import published as pub  # noqa: E402
+from .plots import _panels, _title  # noqa: E402
+
+COLUMNS = ("dataset", "arch", "method", "point", "published", "n", "seeds", "target_reduction",
+           "top1_mean", "top1_std", "top1_best", "top1_change_mean", "top1_change_std",
+           "macs_mean_m", "reduction_pct_mean", "reduction_pct_std")
+
+
+def method_of(variant: str) -> str:
+    return "baseline" if variant == "baseline" else variant.rsplit("-", 1)[0]
+
+
+def _std(values: pd.Series) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def method_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs.csv`` -> one row per (dataset, arch, method, point), in the order the runs are listed."""
+    runs = runs.assign(method=runs["variant"].map(method_of), change=-runs["top1_gap"].astype(float))
+    out = []
+    for (dataset, arch, method, point), g in runs.groupby(["dataset", "arch", "method", "point"],
+                                                         sort=False, dropna=False):
+        top1 = g["top1"].astype(float)
+        out.append({
+            "dataset": dataset, "arch": arch, "method": method, "point": point or "",
+            "published": g["published"].iloc[0] if "published" in g else "", "n": len(g),
+            "seeds": " ".join(str(r) for r in g["run"]),
+            "target_reduction": float(g["target_reduction"].iloc[0] or 0.0),
+            "top1_mean": float(top1.mean()), "top1_std": _std(top1), "top1_best": float(top1.max()),
+            "top1_change_mean": float(g["change"].mean()), "top1_change_std": _std(g["change"]),
+            "macs_mean_m": float(g["macs_mean"].astype(float).mean()) / 1e6,
+            "reduction_pct_mean": float(g["reduction_pct"].astype(float).mean()),
+            "reduction_pct_std": _std(g["reduction_pct"].astype(float)),
+        })
+    return pd.DataFrame(out, columns=list(COLUMNS))
+
+
+def _pm(mean: float, std: float, digits: int = 2) -> str:
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def method_table_md(table: pd.DataFrame, title: str, label: str = "", smoke: bool = False,
+                    source: str = "") -> str:
+    """The table as Markdown, one section per architecture."""
+    lines = [f"**{title}**" + (f" — {label}" if label else ""), ""]
+    if smoke:
+        lines += ["Small-budget runs: compare the methods with each other, not with published numbers.", ""]
+    if source:
+        lines += [f"Evaluated on {source}.", ""]
+    lines += ["Top-1 in %: mean ± sample std over the seeds, and the best of the n seeds (labelled: "
+              "not a mean). Change: top-1 minus the top-1 of the same seed's dense baseline. "
+              "MACs: conv+FC multiply-accumulates per instance, mean over the test set.", ""]
+    for arch, g in table.groupby("arch", sort=False):
+        lines += [f"*{pub.model_name(arch)}*", "",
+                  "| method | point | target MAC ↓ (%) | n | top-1 (%) | best of n | change (pt) | MACs (M) | MAC ↓ (%) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for _, r in g.iterrows():
+            target = "-" if r["method"] == "baseline" else f"{r['target_reduction']:.1f}"
+            change = "-" if r["method"] == "baseline" else _pm(r["top1_change_mean"], r["top1_change_std"])
+            lines.append(f"| {r['method']} | {r['point'] or '-'} | {target} | {r['n']} | "
+                         f"{_pm(r['top1_mean'], r['top1_std'])} | {r['top1_best']:.2f} | {change} | "
+                         f"{r['macs_mean_m']:.2f} | {_pm(r['reduction_pct_mean'], r['reduction_pct_std'], 1)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def method_curves(runs: pd.DataFrame, published: pd.DataFrame, dataset: str, label: str = "",
+                  smoke: bool = False):
+    """Top-1 against MACs kept, one panel per architecture: every method's operating points joined
+    in MAC order (mean ± std over seeds as error bars, every seed as a faint dot), the dense
+    baselines, and the published point of each method that regenerates a published row (hollow)."""
+    runs = runs[runs["dataset"] == dataset].assign(method=lambda d: d["variant"].map(method_of))
+    runs = runs.assign(kept=100.0 - runs["reduction_pct"].astype(float), top1=runs["top1"].astype(float))
+    archs = list(dict.fromkeys(runs["arch"]))
+    table = pub.rows(published, dataset)
+    fig, axes = _panels(len(archs), width=5.5, height=4.2)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, arch in zip(axes, archs):
+        mine = runs[runs["arch"] == arch]
+        for i, (method, g) in enumerate(mine.groupby("method", sort=False)):
+            colour = "black" if method == "baseline" else colours[i % len(colours)]
+            marker = "s" if method == "baseline" else "o"
+            ax.plot(g["kept"], g["top1"], linestyle="none", marker=marker, markersize=3, alpha=0.3, color=colour)
+            pts = g.groupby("point", sort=False).agg(kept=("kept", "mean"), top1=("top1", "mean"),
+                                                    std=("top1", "std"), n=("top1", "size")).sort_values("kept")
+            ax.errorbar(pts["kept"], pts["top1"], yerr=pts["std"].fillna(0.0), marker=marker, color=colour,
+                        capsize=3, linewidth=1.2, label=f"{method} (n={'/'.join(str(n) for n in pts['n'])})")
+            names = sorted({p for p in g["published"].fillna("") if p})
+            for name in names:
+                ref = table[(table["arch"] == arch) & (table["method"] == name)]
+                for _, r in ref.iterrows():
+                    ax.plot([100.0 - r["flops_reduction_pct"]], [100.0 - r["top1_err"]], marker=marker,
+                            markersize=8, markerfacecolor="none", color=colour, linestyle="none")
+                    ax.annotate(f"{name} (published)", (100.0 - r["flops_reduction_pct"], 100.0 - r["top1_err"]),
+                                textcoords="offset points", xytext=(4, 3), fontsize=6, color=colour)
+        ax.set_title(pub.model_name(arch))
+        ax.set_xlabel("MACs kept (% of dense conv+FC)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle(_title(f"{pub.DATASET_NAMES[dataset]}: methods, top-1 vs MACs (bars: std over seeds; "
+                        f"hollow: published)", label, smoke), fontsize=9)
+    fig.tight_layout()
+    return fig
