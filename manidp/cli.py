@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: detached; see manidp/losses.py)")
     g.add_argument("--no-complexity-weighting", dest="complexity_weighting", action="store_false",
                    help="ablation: w_i = 1 for every instance")
+    g.add_argument("--fine-tune-epochs", type=int, default=0,
+                   help="train the last K epochs at the target remain rate: the cosine schedule reaches it after "
+                        "epoch E-K instead of after the last epoch, whose thresholds are then never trained with "
+                        "(default: %(default)s, the official schedule; short runs need K >= 1)")
     for m in METHODS.values():
         if m.prunes and m.name != "manidp":
             m.add_arguments(p.add_argument_group(f"{m.name.upper()} (--method {m.name})"))
@@ -152,7 +156,8 @@ def _train_config(args: argparse.Namespace, method: str):
         limit_test=args.limit_test, eval_every=args.eval_every, cache_dir=args.cache_dir,
         download=args.download, baseline=getattr(args, "baseline", None),
         remain_rate=getattr(args, "remain_rate", None), target_reduction=getattr(args, "target_reduction", None),
-        gate_init=getattr(args, "gate_init", "zero"), losses=losses, method_options=method_options)
+        gate_init=getattr(args, "gate_init", "zero"), losses=losses, method_options=method_options,
+        fine_tune_epochs=getattr(args, "fine_tune_epochs", 0) if method == "manidp" else 0)
 
 
 def cmd_train(args, method: str) -> None:

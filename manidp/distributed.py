@@ -261,13 +261,13 @@ def global_similarity_loss(net, total: int) -> torch.Tensor:
 
     All gates' pooled features and saliencies travel in one all_gather.
     """
-    from .losses import alignment_loss
+    from .losses import grouped_alignment_loss
     gates = net.gates()
     parts = [t.float() for g in gates for t in (g.feature, g.saliency)]
     widths = [p.shape[1] for p in parts]
     rows = _GatherRows.apply(torch.cat(parts, dim=1), shard_sizes(total, size()), rank())
     cols = rows.split(widths, dim=1)
-    return sum(alignment_loss(cols[2 * i], cols[2 * i + 1]) for i in range(len(gates)))
+    return grouped_alignment_loss([(cols[2 * i], cols[2 * i + 1]) for i in range(len(gates))])
 
 
 # --------------------------------------------------------------------------- BatchNorm over the global batch

@@ -76,6 +76,7 @@ class TrainConfig:
     remain_rate: float | None = None  # target remain rate t; or give target_reduction
     target_reduction: float | None = None  # target MAC reduction in %, turned into t by macs.remain_rate_for_reduction
     gate_init: str = "zero"           # FC2 weights of fresh gates: zero (ours) or kaiming (official); see models/gate.py
+    fine_tune_epochs: int = 0         # ManiDP: last epochs trained at the target remain rate (0: official schedule)
     losses: LossOptions = field(default_factory=LossOptions)   # ManiDP's loss options
     method_options: dict = field(default_factory=dict)        # the other methods' own options, e.g. {"lambda_l1": 1e-8}
 
@@ -89,6 +90,9 @@ class TrainConfig:
             raise ManidpError(f"--grad-clip must be > 0 (got {self.grad_clip}); leave it out to switch clipping off")
         if self.weight_decay < 0:
             raise ManidpError(f"--weight-decay must be >= 0 (got {self.weight_decay})")
+        if not 0 <= self.fine_tune_epochs < self.epochs:
+            raise ManidpError(f"--fine-tune-epochs must be >= 0 and smaller than --epochs {self.epochs} "
+                              f"(got {self.fine_tune_epochs}): the schedule needs at least one epoch")
         method = get_method(self.method)
         if not self.out:
             raise ManidpError("--out is required: the run folder for checkpoint and metrics")
@@ -104,7 +108,7 @@ class TrainConfig:
 # Options whose change makes a checkpoint meaningless for resuming; the rest (device, workers...) may change.
 _RESUME_KEYS = ("method", "arch", "dataset", "epochs", "batch_size", "lr", "momentum", "nesterov",
                 "weight_decay", "grad_clip", "seed", "limit_train", "remain_rate", "target_reduction", "losses", "image_size",
-                "gate_init", "method_options")
+                "gate_init", "method_options", "fine_tune_epochs")
 
 
 def seed_everything(seed: int) -> None:
@@ -305,7 +309,10 @@ def _run(cfg: TrainConfig, world: distributed.World, stop_after_epoch: int | Non
         record = {"epoch": epoch + 1, **stats, **started, **method.end_epoch(model, epoch, cfg, target)}
         if cfg.method == "manidp":
             record["reference_loss"] = reference_loss
-            record["remain_rate"] = update_thresholds(model, epoch, cfg.epochs, target)
+            # The official schedule reaches t only after the last epoch, so the final thresholds are never
+            # trained with; --fine-tune-epochs K reaches t after epoch E-K and keeps it (re-estimated).
+            span = cfg.epochs - cfg.fine_tune_epochs
+            record["remain_rate"] = update_thresholds(model, min(epoch, span - 1), span, target)
             record["thresholds"] = model.thresholds()
             reference_loss = stats["train_ce"]     # next epoch's complexity reference
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:

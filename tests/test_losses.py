@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from manidp.errors import ManidpError
-from manidp.losses import (LossOptions, alignment_loss, complexity_weights, manidp_loss,
+from manidp.losses import (LossOptions, alignment_loss, complexity_weights, grouped_alignment_loss, manidp_loss,
                            similarity_loss, sparsity_loss)
 
 
@@ -51,6 +51,20 @@ def test_alignment_loss_by_hand():
     assert float(alignment_loss(f3, s3)) == pytest.approx(expected)
     m = fake_model([s, s3], [f, f3])
     assert float(similarity_loss(m)) == pytest.approx(0.5 + expected)
+
+
+def test_grouped_alignment_equals_the_per_gate_sum_with_gradients():
+    """The batched similarity loss (gates grouped by widths) against the per-gate definition."""
+    g = torch.Generator().manual_seed(0)
+    widths = [(16, 16), (16, 16), (16, 32), (32, 32), (32, 32), (32, 64), (64, 64)]
+    pairs = [(torch.randn(6, a, generator=g, dtype=torch.float64, requires_grad=True),
+              torch.rand(6, b, generator=g, dtype=torch.float64, requires_grad=True)) for a, b in widths]
+    ref = sum(alignment_loss(f, s) for f, s in pairs)
+    got = grouped_alignment_loss(pairs)
+    assert float(got) == pytest.approx(float(ref), rel=1e-12)
+    leaves = [t for p in pairs for t in p]
+    for a, b in zip(torch.autograd.grad(ref, leaves), torch.autograd.grad(got, leaves)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
 def test_full_objective():

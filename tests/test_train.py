@@ -36,6 +36,18 @@ def manidp_cfg(data, baseline_dir, out, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def test_fine_tune_epochs_reach_the_target_before_the_last_epoch(baseline, cifar_mini, tmp_path):
+    """--fine-tune-epochs 1 of 3: the schedule runs over 2 epochs (0.75, 0.5), then the last epoch
+    trains at t = 0.5 and re-estimates its thresholds at t."""
+    cfg = manidp_cfg(cifar_mini, baseline[0], tmp_path / "ft", epochs=3, fine_tune_epochs=1, limit_train=128)
+    run(cfg, show_progress=False)
+    history = [json.loads(line) for line in (tmp_path / "ft" / "history.jsonl").read_text().splitlines()]
+    assert [r["remain_rate"] for r in history] == pytest.approx([0.75, 0.5, 0.5])
+    for bad in (3, -1):
+        with pytest.raises(ManidpError, match=r"--fine-tune-epochs must be >= 0 and smaller than --epochs 3"):
+            run(replace(cfg, out=str(tmp_path / "bad"), fine_tune_epochs=bad), show_progress=False)
+
+
 def test_baseline_then_manidp_prunes(baseline, cifar_mini, tmp_path):
     out, result = baseline
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]

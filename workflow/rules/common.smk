@@ -192,8 +192,9 @@ def baseline_options(wildcards):
     return cli_options({**config["baseline"][wildcards.dataset], **common_options(wildcards.dataset)})
 
 
-# ManiDP's loss options in config manidp.<dataset>: not passed to the other methods.
-MANIDP_LOSS_KEYS = ("lambda_sparse", "lambda_sim", "gamma", "complexity_scale", "detach_weight", "complexity_weighting")
+# ManiDP's own options in config manidp.<dataset> (losses, schedule): not passed to the other methods.
+MANIDP_LOSS_KEYS = ("lambda_sparse", "lambda_sim", "gamma", "complexity_scale", "detach_weight", "complexity_weighting",
+                    "fine_tune_epochs")
 
 
 def method_name(wildcards):
