@@ -88,7 +88,7 @@ def grouped_alignment_loss(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> to
     """sum of :func:`alignment_loss` over (features, saliency) pairs, batched: pairs of the same
     widths (the gates of one stage) go through one normalise and two batched matrix products.
     Equal to the per-gate sum (tests/test_losses.py); a ResNet-20 step launches ~6x fewer kernels."""
-    groups: dict[tuple[int, int], list[int]] = {}
+    groups: dict[tuple[int, int, int], list[int]] = {}
     for i, (f, s) in enumerate(pairs):
         groups.setdefault((f.shape[0], f.shape[1], s.shape[1]), []).append(i)
     total = None
