@@ -28,10 +28,13 @@ the result is the same and every instance is charged the union's cost.
 """
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .errors import ManidpError
 from .models import Gate, GatedBasicBlock, ResNet
 
@@ -190,6 +193,7 @@ class _SkipBlock(nn.Module):
 
     def __init__(self, block: GatedBasicBlock, use_mm: bool):
         super().__init__()
+        self._native: tuple[int, native.BlockWeights] | None = None
         wa, ba = fold_bn(block.conv1, block.bn1)
         wb, bb = fold_bn(block.conv2, block.bn2)
         self.stride = block.conv1.stride[0]
@@ -214,6 +218,28 @@ class _SkipBlock(nn.Module):
         if block.downsample is not None:
             bn = block.downsample[1] if len(block.downsample) > 1 else None
             self.shortcut = _DenseConv(block.downsample[0], bn)
+
+    def native_weights(self) -> native.BlockWeights:
+        """This block's weights as the C kernel's ``block_t`` (pointers into this module's buffers;
+        rebuilt if the buffers moved, e.g. after ``.to()``)."""
+        if self._native is None or self._native[0] != self.wa.data_ptr():
+            if self.tap_major:
+                raise ManidpError("the native kernel needs conv_a in PyTorch's (channel, kh, kw) "
+                                  "order: build the engine with kernel='native'")
+            g1, g2, sc = self.gate1, self.gate2, self.shortcut
+            w = native.BlockWeights(
+                c_in=self.wa.shape[1] // 9, c_mid=self.c_mid, c_out=self.bb.numel(),
+                stride=self.stride, hid1=g1.fc1_t.shape[1], hid2=g2.fc1_t.shape[1],
+                wa=self.wa.data_ptr(), ba=self.ba.data_ptr(), wb=self.wb.data_ptr(),
+                bb=self.bb.data_ptr(), g1_fc1_t=g1.fc1_t.data_ptr(), g1_fc2_t=g1.fc2_t.data_ptr(),
+                g1_fc2_b=g1.fc2_b.data_ptr(), g2_fc1_t=g2.fc1_t.data_ptr(),
+                g2_fc2_t=g2.fc2_t.data_ptr(), g2_fc2_b=g2.fc2_b.data_ptr(),
+                ws=None if sc is None else sc.weight.data_ptr(),
+                bs=None if sc is None or sc.bias is None else sc.bias.data_ptr(),
+                g1_threshold=g1.threshold, g1_clamp=g1.clamp, g2_threshold=g2.threshold,
+                g2_clamp=g2.clamp)
+            self._native = (self.wa.data_ptr(), w)
+        return self._native[1]
 
     def _gather_b(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """conv_b weight for outputs ``rows`` over inputs ``cols``: [|rows|, |cols|*9]."""
@@ -301,9 +327,13 @@ class SkippingResNet(nn.Module):
     The engine is a snapshot: it copies (and folds) the weights and thresholds at conversion.
     """
 
-    def __init__(self, model: ResNet, mm_max_pixels: int = MM_MAX_PIXELS, channels_last: bool = True):
+    def __init__(self, model: ResNet, mm_max_pixels: int = MM_MAX_PIXELS, channels_last: bool = True,
+                 kernel: str = "torch"):
         super().__init__()
         self.arch = model.arch
+        self.kernel = kernel
+        if kernel == "native":
+            mm_max_pixels = 0            # conv_a kept in PyTorch's weight order, which the C kernel reads
         self.stem = _DenseConv(model.conv1, model.bn1)
         self.maxpool = model.maxpool is not None
         size = _conv_out(model.input_size, model.conv1)
@@ -320,12 +350,23 @@ class SkippingResNet(nn.Module):
         self.kept: torch.Tensor | None = None
         self.channels_last = channels_last
 
-    def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _stem_conv(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The stem convolution (BN folded), before its ReLU."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x, macs = self.stem(x)
+        return self.stem(x)
+
+    def _relu_pool(self, x: torch.Tensor) -> torch.Tensor:
         x = x.relu_()
-        return (max_pool_3x3s2(x) if self.maxpool else x), macs
+        if not self.maxpool:
+            return x
+        # oneDNN's max-pool is 3x faster than the separable one on channels-last maps, 3x slower
+        # on NCHW maps (measured on the 112x112 stem map, 2 threads).
+        return F.max_pool2d(x, 3, 2, 1) if self.channels_last else max_pool_3x3s2(x)
+
+    def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        x, macs = self._stem_conv(x)
+        return self._relu_pool(x), macs
 
     def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         return F.linear(x.mean((2, 3)), self.fc_w, self.fc_b), self.fc_w.numel()
@@ -334,14 +375,22 @@ class SkippingResNet(nn.Module):
     def forward(self, x: torch.Tensor, strategy: str = "loop") -> torch.Tensor:
         if strategy not in STRATEGIES:
             raise ManidpError(f"unknown strategy '{strategy}': choose one of {', '.join(STRATEGIES)}")
-        x, stem_macs = self._stem(x.float())
-        if strategy == "union" and x.shape[0] > 1:
+        x = x.float()
+        union = strategy == "union" and x.shape[0] > 1
+        if self.kernel == "native" and x.device.type == "cpu" and not union:
+            # The C kernel takes the stem convolution's output and does ReLU + max-pool itself.
+            x, stem_macs = self._stem_conv(x)
+            one = self._blocks_native
+        else:
+            x, stem_macs = self._stem(x)
+            one = self._blocks_one
+        if union:
             x, macs, kept = self._blocks_union(x)
             executed = [stem_macs + macs] * x.shape[0]
         else:
             outs, executed, kept = [], [], []
             for i in range(x.shape[0]):
-                y, macs, counts = self._blocks_one(x[i:i + 1])
+                y, macs, counts = one(x[i:i + 1])
                 outs.append(y)
                 executed.append(stem_macs + macs)
                 kept.append(counts)
@@ -360,6 +409,38 @@ class SkippingResNet(nn.Module):
             counts += [n1, n2]
         return x, macs, counts
 
+    def _blocks_native(self, x: torch.Tensor) -> tuple[torch.Tensor, int, list[int]]:
+        """One instance's stem convolution output (before ReLU) through ReLU, max-pool and every
+        block with the C kernel (``kernels/skip_block.c``), on zero-padded planar maps: [C, H+2,
+        W+2] planes back to back, then the kernel's slack."""
+        lib = native.load()
+        slack = lib.manidp_slack()
+        threads = torch.get_num_threads()
+        c, h, w = x.shape[1:]
+        if self.maxpool:
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        buf = x.new_zeros(c * (h + 2) * (w + 2) + slack)
+        if self.maxpool and x.stride() == (c * x.shape[2] * x.shape[3], 1, x.shape[3] * c, c):
+            lib.manidp_relu_maxpool(x.data_ptr(), c, x.shape[2], x.shape[3], buf.data_ptr(), threads)
+        else:
+            buf[:c * (h + 2) * (w + 2)].view(c, h + 2, w + 2)[:, 1:-1, 1:-1].copy_(self._relu_pool(x)[0])
+        kept = (ctypes.c_int64 * 2)()
+        macs, counts = 0, []
+        for block in self.blocks:
+            weights = block.native_weights()
+            ho, wo = _out_size(h, block.stride), _out_size(w, block.stride)
+            c_out = weights.c_out
+            # Identity shortcut: the block adds into its input in place (engine-owned buffer).
+            out = buf if block.shortcut is None else x.new_empty(c_out * (ho + 2) * (wo + 2) + slack)
+            m = lib.manidp_block(ctypes.byref(weights), buf.data_ptr(), out.data_ptr(), h, w,
+                                 threads, kept)
+            if m < 0:
+                raise MemoryError("manidp.accel native kernel: out of memory")
+            macs += m
+            counts += [kept[0], kept[1]]
+            buf, c, h, w = out, c_out, ho, wo
+        return buf[:c * (h + 2) * (w + 2)].view(1, c, h + 2, w + 2)[:, :, 1:-1, 1:-1], macs, counts
+
     def _blocks_union(self, x: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor]:
         macs, counts = 0, []
         for block in self.blocks:
@@ -373,7 +454,11 @@ def _conv_out(size: int, conv: nn.Conv2d) -> int:
     return (size + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
 
 
-def convert(model: ResNet, mm_max_pixels: int = MM_MAX_PIXELS, channels_last: bool = True) -> SkippingResNet:
+KERNELS = ("auto", "native", "torch")
+
+
+def convert(model: ResNet, mm_max_pixels: int = MM_MAX_PIXELS, channels_last: bool = True,
+            kernel: str = "auto") -> SkippingResNet:
     """Build the channel-skipping engine of a gated ResNet in eval mode.
 
     ``mm_max_pixels``: blocks whose output map has at most this many pixels (at the model's
@@ -393,7 +478,16 @@ def convert(model: ResNet, mm_max_pixels: int = MM_MAX_PIXELS, channels_last: bo
                           f"gates (e.g. FBS's top-k), which the engine does not implement")
     if model.training:
         raise ManidpError("accel.convert needs the model in eval mode: call model.eval() first")
-    return SkippingResNet(model, mm_max_pixels, channels_last).eval()
+    if kernel not in KERNELS:
+        raise ManidpError(f"unknown kernel '{kernel}': choose one of {', '.join(KERNELS)}")
+    if kernel != "torch" and native.load() is None:
+        if kernel == "native":
+            raise ManidpError(f"kernel='native' is unavailable ({native.why_unavailable()}); "
+                              "use kernel='torch'")
+        kernel = "torch"
+    elif kernel == "auto":
+        kernel = "native"
+    return SkippingResNet(model, mm_max_pixels, channels_last, kernel).eval()
 
 
 # -- Synthetic gates, for tests and benchmarks without a trained model -----------------------------

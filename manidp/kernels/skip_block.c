@@ -1,0 +1,357 @@
+/* One gated basic block at batch 1, executing only the kept channels (manidp.accel, issue 4).
+ *
+ * Why C: in eager PyTorch every block gathers the kept weight rows (conv_a: |k1| x 9*C_in floats,
+ * 5 MB per block on ResNet-34's last stage), copies im2col columns, and runs ~30 small single-
+ * threaded operators; together they cost about as much as the arithmetic. Here nothing is gathered:
+ * the GEMM reads kept weight rows and columns in place, through index arrays, and reads the
+ * convolution taps straight from zero-padded feature maps.
+ *
+ * Feature maps are planar and zero-padded: channel c of an H x W map is a (H+2) x (W+2) plane with a
+ * zero border, planes back to back, followed by SLACK spare floats. A 3x3, stride-1 convolution
+ * output at (y, x) then reads, for tap (dy, dx), the input at plane offset (y+dy)*(W+2) + (x+dx):
+ * over the "padded-width" grid n = y*(W+2) + x (x < W+2), each tap of each channel is ONE
+ * contiguous row of the GEMM's B operand, with no im2col copy. The 2 extra columns per row (x = W,
+ * W+1) are computed and discarded (multiplied by a 0/1 column mask); they land on the output's
+ * border, which must stay zero. Stride-2 convolutions and the 1x1 projection shortcut gather their
+ * input into the same grid first (a small copy; 3 blocks of a ResNet).
+ *
+ * MACs are counted here from the GEMM shapes that run (rows x depth x valid output pixels), not from
+ * the masks; the tests compare them with manidp.macs.InstanceCounter.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Register tile: MR output channels x NV vectors of VL output pixels. AVX-512 has 32 vector
+ * registers: 6 x 4 accumulators + 4 B vectors + 1 broadcast. With 16 registers (AVX2), 6 x 2. */
+#if defined(__AVX512F__)
+#define VL 16
+#ifndef NV
+#define NV 4
+#endif
+#else
+#define VL 8
+#ifndef NV
+#define NV 2
+#endif
+#endif
+#ifndef MR
+#define MR 6
+#endif
+#define NR (VL * NV)
+#define SLACK 128 /* floats after every buffer that a GEMM reads as B (>= NR + 1; see gemm) */
+
+typedef float vf __attribute__((vector_size(VL * 4)));
+
+static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+/* max(x, 0) that vectorises (fmaxf's NaN rules keep GCC from using vmaxps). */
+static inline float relu(float x) { return x > 0.0f ? x : 0.0f; }
+/* x - 0 == x exactly (unlike x + 0 for x = -0), so this folds to a single broadcast. */
+static inline vf splat(float x) { return x - (vf){0}; }
+
+enum { STORE = 0, STORE_RELU = 1, ACCUMULATE = 2 };
+
+/* C[crow[i] + n] (op)= scale[i] * (bias[i] + sum_k A[arow[i] + acol[k]] * B[boff[k] + n]) * mask[n]
+ * for rows i < M, columns n < N. STORE_RELU applies ReLU before the scale (scale >= 0). Reads B up
+ * to NR - 1 floats past column N of a row: B buffers end with SLACK finite (zero) floats. */
+typedef struct {
+    int64_t M, K, N;
+    const float *A; const int64_t *arow, *acol;
+    const float *B; const int64_t *boff;
+    float *C; const int64_t *crow;
+    const float *bias, *scale, *mask;
+    int mode;
+} gemm_t;
+
+static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t m0, int mr, int64_t n0)
+{
+    vf acc[MR][NV];
+    const float *a[MR];
+    for (int i = 0; i < MR; i++) {
+        for (int v = 0; v < NV; v++) acc[i][v] = (vf){0};
+        a[i] = g->A + g->arow[m0 + (i < mr ? i : 0)];
+    }
+    const float *b = g->B + n0;
+    for (int64_t k = 0; k < g->K; k++) {
+        const float *bk = b + g->boff[k];
+        vf bv[NV];
+        for (int v = 0; v < NV; v++) bv[v] = load(bk + v * VL);
+        const int64_t ck = g->acol[k];
+#pragma GCC unroll 12
+        for (int i = 0; i < mr; i++) {
+            const vf ai = splat(a[i][ck]);
+            for (int v = 0; v < NV; v++) acc[i][v] += ai * bv[v];
+        }
+    }
+    const int64_t nv = g->N - n0 < NR ? g->N - n0 : NR;
+    const float *mask = g->mask + n0;
+    for (int i = 0; i < mr; i++) {
+        float t[NR];
+        memcpy(t, acc[i], sizeof t);
+        float *c = g->C + g->crow[m0 + i] + n0;
+        const float bias = g->bias ? g->bias[m0 + i] : 0.0f;
+        const float scale = g->scale ? g->scale[m0 + i] : 1.0f;
+        if (g->mode == STORE)
+            for (int64_t n = 0; n < nv; n++) c[n] = (t[n] + bias) * scale * mask[n];
+        else if (g->mode == STORE_RELU)
+            for (int64_t n = 0; n < nv; n++) c[n] = relu(t[n] + bias) * scale * mask[n];
+        else
+            for (int64_t n = 0; n < nv; n++) c[n] += (t[n] + bias) * scale * mask[n];
+    }
+}
+
+/* One specialised copy of the tile per row count, so that the accumulators stay in registers. */
+static void tile_any(const gemm_t *g, int64_t m0, int mr, int64_t n0)
+{
+#define CASE(r) case r: tile(g, m0, r < MR ? r : MR, n0); break;
+    switch (mr) {
+    CASE(12) CASE(11) CASE(10) CASE(9) CASE(8) CASE(7) CASE(6) CASE(5) CASE(4) CASE(3) CASE(2)
+    default: tile(g, m0, 1, n0); break;
+    }
+#undef CASE
+}
+
+/* Tiles ordered column panel by column panel, rows inside: a thread's consecutive tiles reuse one B
+ * panel from cache. Static schedule over the flat tile index splits the rows when there is a single
+ * panel (7x7 maps) and the panels when there are many (56x56). Returns MACs per valid pixel. */
+static int64_t gemm(const gemm_t *g, int threads)
+{
+    if (g->M == 0 || g->K == 0) return 0;
+    const int64_t mt = (g->M + MR - 1) / MR, nt = (g->N + NR - 1) / NR;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < mt * nt; t++) {
+        const int64_t m0 = (t % mt) * MR;
+        const int64_t left = g->M - m0;
+        tile_any(g, m0, left < MR ? (int)left : MR, (t / mt) * NR);
+    }
+    return g->M * g->K;
+}
+
+/* Weights of one block, BN folded (see manidp/accel.py, _NativeArgs, for the matching layout). */
+typedef struct {
+    int64_t c_in, c_mid, c_out, stride, hid1, hid2;
+    const float *wa, *ba;              /* conv_a [c_mid][c_in*9], (channel, kh, kw) order */
+    const float *wb, *bb;              /* conv_b [c_out][c_mid*9] */
+    const float *g1_fc1_t, *g1_fc2_t, *g1_fc2_b; /* gate 1: FC1^T [c_in][hid1], FC2^T [hid1][c_mid] */
+    const float *g2_fc1_t, *g2_fc2_t, *g2_fc2_b; /* gate 2: FC1^T [c_mid][hid2], FC2^T [hid2][c_out] */
+    const float *ws, *bs;              /* 1x1 projection shortcut [c_out][c_in], or NULL: identity */
+    float g1_threshold, g1_clamp, g2_threshold, g2_clamp;
+} block_t;
+
+/* pi = clamp(ReLU(FC2(ReLU(FC1(pooled)))), 0, clamp); FC1 restricted to input rows ``rows`` (NULL:
+ * all n_in). Returns pi in ``pi`` [c_out]; ``hidden`` is scratch [hid]. */
+static void saliency(const float *pooled, int64_t n_in, const int64_t *rows, const float *fc1_t,
+                     int64_t hid, const float *fc2_t, const float *fc2_b, int64_t c_out, float clamp,
+                     float *hidden, float *pi)
+{
+    for (int64_t j = 0; j < hid; j++) hidden[j] = 0.0f;
+    for (int64_t c = 0; c < n_in; c++) {
+        const float p = pooled[c], *w = fc1_t + (rows ? rows[c] : c) * hid;
+        for (int64_t j = 0; j < hid; j++) hidden[j] += p * w[j];
+    }
+    for (int64_t o = 0; o < c_out; o++) pi[o] = fc2_b[o];
+    for (int64_t j = 0; j < hid; j++) {
+        const float h = fmaxf(hidden[j], 0.0f), *w = fc2_t + j * c_out;
+        for (int64_t o = 0; o < c_out; o++) pi[o] += h * w[o];
+    }
+    for (int64_t o = 0; o < c_out; o++) pi[o] = fminf(fmaxf(pi[o], 0.0f), clamp);
+}
+
+/* Mean of each of ``c`` padded planes (the border is zero, so the plane sum is the map sum).
+ * Vector partial sums: a scalar running sum is one dependent add per float, 4-8x slower. */
+static void plane_means(const float *x, int64_t c, int64_t plane, int64_t pixels, float *out, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static) if (c * plane > 65536)
+    for (int64_t i = 0; i < c; i++) {
+        const float *p = x + i * plane;
+        vf acc = {0};
+        int64_t n = 0;
+        for (; n + VL <= plane; n += VL) acc += load(p + n);
+        float s = 0.0f;
+        for (; n < plane; n++) s += p[n];
+        for (int l = 0; l < VL; l++) s += acc[l];
+        out[i] = s / (float)pixels;
+    }
+}
+
+static int64_t kept(const float *pi, int64_t c, float threshold, int64_t *idx)
+{
+    int64_t n = 0;
+    for (int64_t i = 0; i < c; i++)
+        if (pi[i] >= threshold) idx[n++] = i;
+    return n;
+}
+
+/* Taps of a strided convolution gathered into the padded-width output grid: row (c, tap) of the
+ * result holds input channel c at offset (stride*y + dy, stride*x + dx) for output (y, x); junk
+ * columns and SLACK are zero. ``taps`` = 9 (3x3, padding 1) or 1 (1x1, padding 0: dy = dx = 1 in
+ * padded coordinates). */
+static float *gather_taps(const float *x, int64_t c, int64_t w, int64_t plane, int64_t ho,
+                          int64_t wo, int64_t stride, int taps, int threads)
+{
+    const int64_t wp = wo + 2, n = ho * wp, rows = c * taps;
+    float *out = malloc(sizeof(float) * (rows * n + SLACK));
+    if (!out) return NULL;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const int t = taps == 1 ? 4 : (int)(r % 9);
+        const float *src = x + (r / taps) * plane + (t / 3) * (w + 2) + t % 3;
+        float *dst = out + r * n;
+        for (int64_t y = 0; y < ho; y++) {
+            for (int64_t xx = 0; xx < wo; xx++) dst[y * wp + xx] = src[stride * y * (w + 2) + stride * xx];
+            dst[y * wp + wo] = dst[y * wp + wo + 1] = 0.0f;
+        }
+    }
+    memset(out + rows * n, 0, sizeof(float) * SLACK);
+    return out;
+}
+
+/* Zero what the GEMM's padded-width stores do not reach: the top border row and the first left
+ * border, the bottom border row after the last right border, and the buffer's SLACK. */
+static void zero_borders(float *x, int64_t c, int64_t ho, int64_t wo)
+{
+    const int64_t wp = wo + 2, plane = (ho + 2) * wp;
+    for (int64_t i = 0; i < c; i++) {
+        memset(x + i * plane, 0, sizeof(float) * (wp + 1));
+        memset(x + i * plane + (ho + 1) * wp + 1, 0, sizeof(float) * (wp - 1));
+    }
+    memset(x + c * plane, 0, sizeof(float) * SLACK);
+}
+
+/* Run one block on padded-planar ``x`` [c_in][(h+2)(w+2)] + SLACK. ``out``: ``x`` itself for an
+ * identity shortcut (the result is added in place), else a buffer of c_out planes of the output
+ * size + SLACK that this function fills completely. kept_out[0..1] = |k1|, |k2|. Returns the MACs
+ * run, or -1 if memory ran out. */
+int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, int64_t w, int threads,
+                     int64_t *kept_out)
+{
+    const int64_t s = b->stride, ho = (h - 1) / s + 1, wo = (w - 1) / s + 1;
+    const int64_t plane_in = (h + 2) * (w + 2), wp = wo + 2, plane = (ho + 2) * wp, n = ho * wp;
+    const int64_t pixels = ho * wo, cmax = b->c_mid > b->c_out ? b->c_mid : b->c_out;
+    const int64_t hmax = b->hid1 > b->hid2 ? b->hid1 : b->hid2;
+    const int64_t big = 9 * (b->c_in > b->c_mid ? b->c_in : b->c_mid);
+    int64_t macs = 0, n1, n2 = 0;
+    float *pooled = malloc(sizeof(float) * (b->c_in > cmax ? b->c_in : cmax));
+    float *hidden = malloc(sizeof(float) * hmax), *pi1 = malloc(sizeof(float) * b->c_mid);
+    float *pi2 = malloc(sizeof(float) * b->c_out), *mask = malloc(sizeof(float) * n);
+    float *bias = malloc(sizeof(float) * cmax), *scale = malloc(sizeof(float) * cmax);
+    int64_t *k1 = malloc(sizeof(int64_t) * b->c_mid), *k2 = malloc(sizeof(int64_t) * b->c_out);
+    int64_t *arow = malloc(sizeof(int64_t) * cmax), *crow = malloc(sizeof(int64_t) * cmax);
+    int64_t *acol = malloc(sizeof(int64_t) * big), *boff = malloc(sizeof(int64_t) * big);
+    float *mid = NULL, *cols = NULL;
+    if (!pooled || !hidden || !pi1 || !pi2 || !mask || !bias || !scale || !k1 || !k2 || !arow ||
+        !crow || !acol || !boff) { macs = -1; goto done; }
+    for (int64_t i = 0; i < n; i++) mask[i] = (i % wp) < wo ? 1.0f : 0.0f;
+
+    /* Gate 1 reads the block input. */
+    plane_means(x, b->c_in, plane_in, h * w, pooled, threads);
+    saliency(pooled, b->c_in, NULL, b->g1_fc1_t, b->hid1, b->g1_fc2_t, b->g1_fc2_b, b->c_mid,
+             b->g1_clamp, hidden, pi1);
+    n1 = kept(pi1, b->c_mid, b->g1_threshold, k1);
+
+    /* Projection shortcut (1x1, stride s, BN folded) writes the whole output buffer. */
+    if (b->ws) {
+        cols = gather_taps(x, b->c_in, w, plane_in, ho, wo, s, 1, threads);
+        if (!cols) { macs = -1; goto done; }
+        for (int64_t i = 0; i < b->c_out; i++) { arow[i] = i * b->c_in; crow[i] = i * plane + wp + 1; }
+        for (int64_t k = 0; k < b->c_in; k++) { acol[k] = k; boff[k] = k * n; }
+        gemm_t g = {b->c_out, b->c_in, n, b->ws, arow, acol, cols, boff, out, crow, b->bs, NULL, mask, STORE};
+        macs += gemm(&g, threads) * pixels;
+        zero_borders(out, b->c_out, ho, wo);
+        free(cols);
+        cols = NULL;
+    }
+
+    /* conv_a: kept output rows k1 over every input channel, ReLU, times saliency. */
+    if (n1) {
+        mid = malloc(sizeof(float) * (n1 * plane + SLACK));
+        if (!mid) { macs = -1; goto done; }
+        const float *src = x;
+        if (s == 1) {
+            for (int64_t c = 0; c < b->c_in; c++)
+                for (int t = 0; t < 9; t++) boff[c * 9 + t] = c * plane_in + (t / 3) * (w + 2) + t % 3;
+        } else {
+            cols = gather_taps(x, b->c_in, w, plane_in, ho, wo, s, 9, threads);
+            if (!cols) { macs = -1; goto done; }
+            src = cols;
+            for (int64_t k = 0; k < 9 * b->c_in; k++) boff[k] = k * n;
+        }
+        for (int64_t k = 0; k < 9 * b->c_in; k++) acol[k] = k;
+        for (int64_t i = 0; i < n1; i++) {
+            arow[i] = k1[i] * b->c_in * 9; crow[i] = i * plane + wp + 1;
+            bias[i] = b->ba[k1[i]]; scale[i] = pi1[k1[i]];
+        }
+        gemm_t g = {n1, 9 * b->c_in, n, b->wa, arow, acol, src, boff, mid, crow, bias, scale, mask, STORE_RELU};
+        macs += gemm(&g, threads) * pixels;
+        zero_borders(mid, n1, ho, wo);
+        /* Gate 2 reads the masked map, zero on pruned channels: only FC1 rows k1 matter. */
+        plane_means(mid, n1, plane, pixels, pooled, threads);
+        saliency(pooled, n1, k1, b->g2_fc1_t, b->hid2, b->g2_fc2_t, b->g2_fc2_b, b->c_out,
+                 b->g2_clamp, hidden, pi2);
+    } else {
+        /* Every channel pruned: gate 2 reads an all-zero map. */
+        for (int64_t o = 0; o < b->c_out; o++) pi2[o] = fminf(fmaxf(b->g2_fc2_b[o], 0.0f), b->g2_clamp);
+    }
+    n2 = kept(pi2, b->c_out, b->g2_threshold, k2);
+
+    /* conv_b: kept outputs k2 over kept inputs k1, times saliency, added into the residual. */
+    if (n2 && n1) {
+        for (int64_t j = 0; j < n1; j++)
+            for (int t = 0; t < 9; t++) {
+                acol[j * 9 + t] = k1[j] * 9 + t;
+                boff[j * 9 + t] = j * plane + (t / 3) * wp + t % 3;
+            }
+        for (int64_t i = 0; i < n2; i++) {
+            arow[i] = k2[i] * b->c_mid * 9; crow[i] = k2[i] * plane + wp + 1;
+            bias[i] = b->bb[k2[i]]; scale[i] = pi2[k2[i]];
+        }
+        gemm_t g = {n2, 9 * n1, n, b->wb, arow, acol, mid, boff, out, crow, bias, scale, mask, ACCUMULATE};
+        macs += gemm(&g, threads) * pixels;
+    } else if (n2) {
+        /* A convolution over no input channels is its bias (0 MACs): BN(conv(0)) times m2. */
+        for (int64_t i = 0; i < n2; i++) {
+            float *c = out + k2[i] * plane + wp + 1;
+            const float v = b->bb[k2[i]] * pi2[k2[i]];
+            for (int64_t j = 0; j < n; j++) c[j] += v * mask[j];
+        }
+    }
+
+    /* ReLU of the whole output (the zero borders stay zero). */
+    const int64_t total = b->c_out * plane;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < total; i++) out[i] = relu(out[i]);
+    kept_out[0] = n1;
+    kept_out[1] = n2;
+done:
+    free(pooled); free(hidden); free(pi1); free(pi2); free(mask); free(bias); free(scale);
+    free(k1); free(k2); free(arow); free(crow); free(acol); free(boff); free(mid); free(cols);
+    return macs;
+}
+
+/* The ImageNet stem's ReLU + 3x3/2 max-pool (padding 1), from the stem convolution's channels-last
+ * output ``y`` [h][w][c] into the zero-initialised padded-planar buffer ``out`` that the first block
+ * reads. max(ReLU(.)) = ReLU(max(.)), and zero padding equals -inf padding on ReLU output. */
+void manidp_relu_maxpool(const float *y, int64_t c, int64_t h, int64_t w, float *out, int threads)
+{
+    const int64_t ho = (h - 1) / 2 + 1, wo = (w - 1) / 2 + 1, wp = wo + 2, plane = (ho + 2) * wp;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < ho; i++) {
+        float m[c];
+        for (int64_t j = 0; j < wo; j++) {
+            for (int64_t ch = 0; ch < c; ch++) m[ch] = 0.0f;
+            for (int64_t r = 2 * i - 1; r <= 2 * i + 1; r++) {
+                if (r < 0 || r >= h) continue;
+                for (int64_t q = 2 * j - 1; q <= 2 * j + 1; q++) {
+                    if (q < 0 || q >= w) continue;
+                    const float *src = y + (r * w + q) * c;
+                    for (int64_t ch = 0; ch < c; ch++) m[ch] = src[ch] > m[ch] ? src[ch] : m[ch];
+                }
+            }
+            float *dst = out + (i + 1) * wp + j + 1;
+            for (int64_t ch = 0; ch < c; ch++) dst[ch * plane] = m[ch];
+        }
+    }
+}
+
+int64_t manidp_slack(void) { return SLACK; }
