@@ -8,9 +8,12 @@ benchmark instances is the paper's ManiDP-B point. Then, side by side in one pro
     dense-nhwc       the same in channels-last memory format, which oneDNN runs faster on CPU;
                      speedups are reported against the faster of the two dense variants
     masked           the gated model as-is: dense convs times masks (the official code's way)
-    engine           manidp.accel, executing only kept channels
+    engine           manidp.accel, executing only kept channels (the C kernel, kernel="auto"; the
+                     PyTorch kernels where no C compiler is found: see env.engine_kernel)
+    engine-torch     the same with the PyTorch kernels (kernel="torch"): gathered weights, oneDNN
+                     conv or im2col + MKL GEMM
     engine-all-open  the engine with every gate open: dense cost through the engine's own code
-                     (BN folded, fast max-pool), to separate skipping from those side gains
+                     (BN folded, its own GEMM), to separate skipping from kernel efficiency
 
 Latency: median per image over --repeats passes over the instances, after warm-up; variants are
 interleaved in every pass (rotating order) so background load hits them alike. Peak memory: a
@@ -42,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from manidp import accel  # noqa: E402
+from manidp import accel, native  # noqa: E402
 from manidp.macs import InstanceCounter, dense_macs, kept_counts  # noqa: E402
 from manidp.models import build_model  # noqa: E402
 
@@ -103,7 +106,7 @@ def variants(model) -> dict:
     dense, engine = dense_twin(model), accel.convert(model)
     engine_open = accel.convert(all_open(model))
     return {"dense": dense, "dense-nhwc": ChannelsLast(dense), "masked": model, "engine": engine,
-            "engine-all-open": engine_open}
+            "engine-torch": accel.convert(model, kernel="torch"), "engine-all-open": engine_open}
 
 
 CLOCK = time.perf_counter
@@ -155,21 +158,29 @@ def batch32(vs: dict, xb: torch.Tensor, repeats: int) -> dict:
 
 
 def profile_blocks(vs: dict, x: torch.Tensor, repeats: int) -> list[dict]:
-    """Per-block latency of the dense model vs the engine, one instance."""
-    dense, engine = vs["dense"], vs["engine"]
+    """Per-block latency of the dense model (NHWC) vs the engine's kernels, one instance. Each
+    engine call gets a fresh copy of the block input (identity blocks update it in place); the
+    copy is timed too, and is the same for both kernels' layouts' sizes within a few percent."""
+    dense, engine, torch_engine = vs["dense-nhwc"].model, vs["engine"], vs["engine-torch"]
     rows = []
     with torch.inference_mode():
-        h = dense.stem(x[:1])
-        fmt = torch.channels_last if engine.channels_last else torch.contiguous_format
-        for j, (db, eb) in enumerate(zip(dense.blocks(), engine.blocks)):
-            out, macs, n1, n2 = eb.forward_one(h.clone(memory_format=fmt))
-            times = interleaved({"dense": lambda: db(h),
-                                 "engine": lambda: eb.forward_one(h.clone(memory_format=fmt))}, repeats)
+        h = dense.stem(x[:1].contiguous(memory_format=torch.channels_last))
+        for j, (db, eb, tb) in enumerate(zip(dense.blocks(), engine.blocks, torch_engine.blocks)):
+            hh, hw = h.shape[2:]
+            fns = {"dense": lambda: db(h),
+                   "engine-torch": lambda: tb.forward_one(h.clone(memory_format=torch.channels_last))}
+            if engine.kernel == "native":
+                padded = accel.to_padded(h[0])
+                fns["engine"] = lambda: eb.forward_native(padded.clone(), hh, hw)
+                *_, n1, n2 = eb.forward_native(padded.clone(), hh, hw)
+            else:
+                fns["engine"] = fns["engine-torch"]
+                *_, n1, n2 = tb.forward_one(h.clone(memory_format=torch.channels_last))
+            times = interleaved(fns, repeats)
             c = db.conv1
             rows.append({"block": j, "in": list(h.shape[1:]), "out_channels": c.out_channels,
                          "stride": c.stride[0], "k1": n1, "k2": n2,
-                         "dense_ms": 1e3 * statistics.median(times["dense"]),
-                         "engine_ms": 1e3 * statistics.median(times["engine"])})
+                         **{f"{k}_ms": 1e3 * statistics.median(v) for k, v in times.items()}})
             h = db(h)
     return rows
 
@@ -247,6 +258,7 @@ def run(arch: str, args) -> dict:
     result["speedup_min"] = min(lat[k]["min_ms"] for k in ("dense", "dense-nhwc")) / lat["engine"]["min_ms"]
     result["fraction_of_theoretical"] = speedup / theory
     result["skipping_speedup"] = lat["engine-all-open"]["median_ms"] / lat["engine"]["median_ms"]
+    result["speedup_torch_kernels"] = lat[best]["median_ms"] / lat["engine-torch"]["median_ms"]
     if args.profile:
         result["blocks"] = profile_blocks(vs, x, args.repeats)
     if not args.skip_batch:
@@ -260,8 +272,9 @@ def run(arch: str, args) -> dict:
 
 def table(results: list[dict]) -> str:
     lines = ["| model | MAC red. | theory | dense ms | dense NHWC ms | masked ms | engine ms | "
-             "speedup vs best dense | of theory | vs NCHW dense | engine all-open ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "speedup vs best dense | of theory | vs NCHW dense | engine all-open ms | "
+             "engine (PyTorch kernels) ms | its speedup |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     # Medians per image; speedup = faster dense / engine; theory = dense MACs / executed MACs.
     for r in results:
         b = r["batch1"]
@@ -271,7 +284,8 @@ def table(results: list[dict]) -> str:
             f"{b['dense-nhwc']['median_ms']:.1f} | "
             f"{b['masked']['median_ms']:.1f} | {b['engine']['median_ms']:.1f} | "
             f"{r['speedup']:.2f}x | {100 * r['fraction_of_theoretical']:.0f}% | "
-            f"{r['speedup_vs_nchw_dense']:.2f}x | {b['engine-all-open']['median_ms']:.1f} |")
+            f"{r['speedup_vs_nchw_dense']:.2f}x | {b['engine-all-open']['median_ms']:.1f} | "
+            f"{b['engine-torch']['median_ms']:.1f} | {r['speedup_torch_kernels']:.2f}x |")
     if any("batch" in r for r in results):
         lines += ["", "| model | batch | dense img/s | dense NHWC img/s | masked img/s | loop img/s | "
                   "union img/s | union MAC red. |", "|---|---|---|---|---|---|---|---|"]
@@ -293,10 +307,11 @@ def table(results: list[dict]) -> str:
     for r in results:
         if "blocks" in r:
             lines += ["", f"Per block, {r['arch']}, batch 1 (median ms):", "",
-                      "| block | input | k1 | k2 | dense | engine | ratio |", "|---|---|---|---|---|---|---|"]
+                      "| block | input | k1 | k2 | dense NHWC | engine | engine (PyTorch kernels) | "
+                      "engine / dense |", "|---|---|---|---|---|---|---|---|"]
             for b in r["blocks"]:
                 lines.append(f"| {b['block']} | {'x'.join(map(str, b['in']))} | {b['k1']} | {b['k2']} | "
-                             f"{b['dense_ms']:.2f} | {b['engine_ms']:.2f} | "
+                             f"{b['dense_ms']:.2f} | {b['engine_ms']:.2f} | {b['engine-torch_ms']:.2f} | "
                              f"{b['engine_ms'] / b['dense_ms']:.2f} |")
     return "\n".join(lines)
 
@@ -328,15 +343,17 @@ def main(argv=None) -> None:
         return
     env = {"torch": torch.__version__, "threads": args.threads, "python": platform.python_version(),
            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-           "clock": args.clock, "loadavg_start": os.getloadavg()}
+           "clock": args.clock, "loadavg_start": os.getloadavg(),
+           "engine_kernel": "native" if native.load() is not None else "torch",
+           "native_unavailable": native.why_unavailable()}
     results = []
     for arch in args.archs.split(","):
         results.append(run(arch, args))
         print(f"{arch}: done in {results[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
     env["loadavg_end"] = os.getloadavg()
     print(table(results))
-    print(f"\n{args.threads} thread(s), {args.clock} clock; load average (1, 5, 15 min): "
-          f"start {env['loadavg_start']}, end {env['loadavg_end']}")
+    print(f"\n{args.threads} thread(s), {args.clock} clock, engine kernel: {env['engine_kernel']}; "
+          f"load average (1, 5, 15 min): start {env['loadavg_start']}, end {env['loadavg_end']}")
     if args.out:
         Path(args.out).write_text(json.dumps({"env": env, "results": results}, indent=2))
 

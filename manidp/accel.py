@@ -223,6 +223,9 @@ class _SkipBlock(nn.Module):
         """This block's weights as the C kernel's ``block_t`` (pointers into this module's buffers;
         rebuilt if the buffers moved, e.g. after ``.to()``)."""
         if self._native is None or self._native[0] != self.wa.data_ptr():
+            if self.wa.dtype != torch.float32 or self.wa.device.type != "cpu":
+                raise ManidpError("the native kernel runs float32 weights on the CPU: convert the "
+                                  "model again, or use kernel='torch'")
             if self.tap_major:
                 raise ManidpError("the native kernel needs conv_a in PyTorch's (channel, kh, kw) "
                                   "order: build the engine with kernel='native'")
@@ -240,6 +243,20 @@ class _SkipBlock(nn.Module):
                 g2_clamp=g2.clamp)
             self._native = (self.wa.data_ptr(), w)
         return self._native[1]
+
+    def forward_native(self, x: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, int, int, int, int, int]:
+        """One instance with the C kernel: padded-planar ``x`` (:func:`to_padded`) of an ``h`` x
+        ``w`` map -> (output, its height, width, MACs run, |k1|, |k2|). With an identity shortcut
+        the output is ``x`` itself, updated in place."""
+        lib, weights = native.load(), self.native_weights()
+        ho, wo = _out_size(h, self.stride), _out_size(w, self.stride)
+        out = x if self.shortcut is None else x.new_empty(padded_size(weights.c_out, ho, wo))
+        kept = (ctypes.c_int64 * 2)()
+        macs = lib.manidp_block(ctypes.byref(weights), x.data_ptr(), out.data_ptr(), h, w,
+                                torch.get_num_threads(), kept)
+        if macs < 0:
+            raise MemoryError("manidp.accel native kernel: out of memory")
+        return out, ho, wo, macs, kept[0], kept[1]
 
     def _gather_b(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """conv_b weight for outputs ``rows`` over inputs ``cols``: [|rows|, |cols|*9]."""
@@ -411,35 +428,22 @@ class SkippingResNet(nn.Module):
 
     def _blocks_native(self, x: torch.Tensor) -> tuple[torch.Tensor, int, list[int]]:
         """One instance's stem convolution output (before ReLU) through ReLU, max-pool and every
-        block with the C kernel (``kernels/skip_block.c``), on zero-padded planar maps: [C, H+2,
-        W+2] planes back to back, then the kernel's slack."""
-        lib = native.load()
-        slack = lib.manidp_slack()
-        threads = torch.get_num_threads()
+        block with the C kernel, on padded-planar maps (see :func:`to_padded`)."""
         c, h, w = x.shape[1:]
-        if self.maxpool:
+        if self.maxpool and x.stride() == (c * h * w, 1, w * c, c):       # channels-last
             h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        buf = x.new_zeros(c * (h + 2) * (w + 2) + slack)
-        if self.maxpool and x.stride() == (c * x.shape[2] * x.shape[3], 1, x.shape[3] * c, c):
-            lib.manidp_relu_maxpool(x.data_ptr(), c, x.shape[2], x.shape[3], buf.data_ptr(), threads)
+            buf = x.new_zeros(padded_size(c, h, w))
+            native.load().manidp_relu_maxpool(x.data_ptr(), c, x.shape[2], x.shape[3],
+                                              buf.data_ptr(), torch.get_num_threads())
         else:
-            buf[:c * (h + 2) * (w + 2)].view(c, h + 2, w + 2)[:, 1:-1, 1:-1].copy_(self._relu_pool(x)[0])
-        kept = (ctypes.c_int64 * 2)()
+            x = self._relu_pool(x)
+            buf, (h, w) = to_padded(x[0]), x.shape[2:]
         macs, counts = 0, []
         for block in self.blocks:
-            weights = block.native_weights()
-            ho, wo = _out_size(h, block.stride), _out_size(w, block.stride)
-            c_out = weights.c_out
-            # Identity shortcut: the block adds into its input in place (engine-owned buffer).
-            out = buf if block.shortcut is None else x.new_empty(c_out * (ho + 2) * (wo + 2) + slack)
-            m = lib.manidp_block(ctypes.byref(weights), buf.data_ptr(), out.data_ptr(), h, w,
-                                 threads, kept)
-            if m < 0:
-                raise MemoryError("manidp.accel native kernel: out of memory")
+            buf, h, w, m, n1, n2 = block.forward_native(buf, h, w)
             macs += m
-            counts += [kept[0], kept[1]]
-            buf, c, h, w = out, c_out, ho, wo
-        return buf[:c * (h + 2) * (w + 2)].view(1, c, h + 2, w + 2)[:, :, 1:-1, 1:-1], macs, counts
+            counts += [n1, n2]
+        return from_padded(buf, self.blocks[-1].bb.numel(), h, w)[None], macs, counts
 
     def _blocks_union(self, x: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor]:
         macs, counts = 0, []
@@ -448,6 +452,25 @@ class SkippingResNet(nn.Module):
             macs += m
             counts += [keep1.sum(1), keep2.sum(1)]
         return x, macs, torch.stack(counts, 1)
+
+
+def padded_size(c: int, h: int, w: int) -> int:
+    """Floats in a padded-planar map: ``c`` zero-bordered (h+2) x (w+2) planes and the C kernel's
+    slack (its GEMM reads up to one register tile past a row's last column)."""
+    return c * (h + 2) * (w + 2) + native.SLACK
+
+
+def to_padded(x: torch.Tensor) -> torch.Tensor:
+    """[C, H, W] -> the flat padded-planar layout the C kernel reads and writes."""
+    c, h, w = x.shape
+    buf = x.new_zeros(padded_size(c, h, w))
+    buf[:c * (h + 2) * (w + 2)].view(c, h + 2, w + 2)[:, 1:-1, 1:-1].copy_(x)
+    return buf
+
+
+def from_padded(buf: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
+    """The [C, H, W] view of a padded-planar map (no copy)."""
+    return buf[:c * (h + 2) * (w + 2)].view(c, h + 2, w + 2)[:, 1:-1, 1:-1]
 
 
 def _conv_out(size: int, conv: nn.Conv2d) -> int:

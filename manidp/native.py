@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("kernels") / "skip_block.c"
+SLACK = 128          # floats after every padded-planar map: skip_block.c's SLACK, checked at load
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11",
          *os.environ.get("MANIDP_CFLAGS", "").split()]
 
@@ -98,6 +99,9 @@ def load() -> ctypes.CDLL | None:
                                  ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
                                  ctypes.POINTER(ctypes.c_int64)]
     lib.manidp_slack.restype = ctypes.c_int64
+    if lib.manidp_slack() != SLACK:
+        _reason = f"{SOURCE.name} was built with SLACK={lib.manidp_slack()}, manidp.native expects {SLACK}"
+        return None
     lib.manidp_relu_maxpool.restype = None
     lib.manidp_relu_maxpool.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                         ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]

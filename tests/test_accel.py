@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from manidp import accel
+from manidp import accel, native
 from manidp.errors import ManidpError
 from manidp.macs import InstanceCounter, dense_macs, kept_counts, layer_costs
 from manidp.models import build_model
@@ -16,10 +16,14 @@ CIFAR_MEAN = torch.tensor([125.3, 123.0, 113.9]).view(1, 3, 1, 1) / 255
 CIFAR_STD = torch.tensor([63.0, 62.1, 66.7]).view(1, 3, 1, 1) / 255
 NEVER = 1e9             # a threshold no saliency reaches (clamp is 1000): the gate prunes everything
 ALWAYS = -10000.0       # the gates' initial threshold: everything kept
-# Engine options per kernel: oneDNN conv on channels-last maps (the default layout), the same on
-# NCHW maps, and im2col + GEMM for every block.
-KERNELS = {"conv": {"mm_max_pixels": 0}, "conv-nchw": {"mm_max_pixels": 0, "channels_last": False},
-           "gemm": {"mm_max_pixels": 10**9}}
+# Engine options per kernel: the PyTorch kernels (oneDNN conv on channels-last maps, the default
+# layout; the same on NCHW maps; im2col + GEMM for every block) and the C kernel (from the stem's
+# channels-last output, and from an NCHW one, which takes the PyTorch ReLU/max-pool path).
+KERNELS = {"conv": {"kernel": "torch", "mm_max_pixels": 0},
+           "conv-nchw": {"kernel": "torch", "mm_max_pixels": 0, "channels_last": False},
+           "gemm": {"kernel": "torch", "mm_max_pixels": 10**9},
+           "native": {"kernel": "native"},
+           "native-nchw": {"kernel": "native", "channels_last": False}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,7 +62,10 @@ def check_equivalent(model, x, strategy="loop", **engine_options):
     with torch.no_grad():
         ref = model(x)
     kept = kept_counts(model)
+    if engine_options.get("kernel") == "native" and native._compiler() is None:
+        pytest.skip("no C compiler: the native kernel cannot be built here")
     engine = accel.convert(model, **engine_options)
+    assert engine.kernel == engine_options.get("kernel", engine.kernel)
     out = engine(x, strategy=strategy)
     assert rel_err(out, ref) < 1e-4
     assert torch.equal(engine.kept, kept)
@@ -71,7 +78,8 @@ def check_equivalent(model, x, strategy="loop", **engine_options):
 # -- equivalence with random (per-instance) masks ---------------------------------------------------
 
 @pytest.mark.parametrize("arch,kernel", [("resnet20", "conv"), ("resnet20", "conv-nchw"), ("resnet20", "gemm"),
-                                         ("resnet56", "gemm")])
+                                         ("resnet56", "gemm"), ("resnet20", "native"),
+                                         ("resnet56", "native")])
 def test_cifar_real_images(arch, kernel, cifar_images):
     model = gated(arch, cifar_images)
     engine, _ = check_equivalent(model, cifar_images, **KERNELS[kernel])
@@ -85,26 +93,59 @@ def test_cifar_resnet110_and_32(cifar_images):
 
 
 @pytest.mark.parametrize("arch,size,kernel", [("resnet18", 64, "conv"), ("resnet18", 112, "gemm"),
-                                              ("resnet34", 64, "conv")])
+                                              ("resnet34", 64, "conv"), ("resnet34", 64, "native"),
+                                              # odd map sizes (50, 25, 13, 7, 4): tile and
+                                              # padded-width edges of the C kernel
+                                              ("resnet18", 100, "native"),
+                                              ("resnet18", 100, "native-nchw")])
 def test_imagenet_random_inputs(arch, size, kernel):
     x = torch.randn(2, 3, size, size)
     check_equivalent(gated(arch, x), x, **KERNELS[kernel])
 
 
-def test_imagenet_224():
+@pytest.mark.parametrize("kernel", ["conv", "native"])
+def test_imagenet_224(kernel):
     x = torch.randn(1, 3, 224, 224)
-    check_equivalent(gated("resnet18", x, remain=0.45), x)
+    check_equivalent(gated("resnet18", x, remain=0.45), x, **KERNELS[kernel])
+
+
+def test_native_threads_give_identical_outputs():
+    """The C kernel splits whole output tiles between threads, each summed in the same order, so
+    the thread count cannot change a single bit."""
+    x = torch.randn(2, 3, 96, 96)
+    model = gated("resnet18", x)
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    engine = accel.convert(model, kernel="native")
+    outs = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        outs.append((engine(x), engine.executed_macs))
+    torch.set_num_threads(1)
+    assert all(torch.equal(o, outs[0][0]) and m == outs[0][1] for o, m in outs)
+
+
+def test_native_unavailable_falls_back(monkeypatch):
+    model = build_model("resnet20", gated=True).eval()
+    monkeypatch.setattr(native, "load", lambda: None)
+    monkeypatch.setattr(native, "why_unavailable", lambda: "no C compiler found")
+    assert accel.convert(model).kernel == "torch"
+    with pytest.raises(ManidpError, match="kernel='native' is unavailable.*no C compiler"):
+        accel.convert(model, kernel="native")
+    with pytest.raises(ManidpError, match="unknown kernel 'cuda'"):
+        accel.convert(model, kernel="cuda")
 
 
 # -- extreme masks -------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("kernel", ["conv", "native"])
 @pytest.mark.parametrize("arch,size", [("resnet20", 32), ("resnet18", 32)])
-def test_all_open_runs_at_dense_cost(arch, size):
+def test_all_open_runs_at_dense_cost(arch, size, kernel):
     x = torch.randn(2, 3, size, size)
     model = gated(arch, x)
     for g in model.gates():
         g.threshold.fill_(ALWAYS)
-    engine, _ = check_equivalent(model, x)
+    engine, _ = check_equivalent(model, x, **KERNELS[kernel])
     assert engine.executed_macs == [dense_macs(model, size)] * 2
     assert engine.kept.tolist() == [[g.c_out for g in model.gates()]] * 2
 
