@@ -61,7 +61,14 @@ def _build(cc: str) -> Path:
     target = cache / f"skip_block-{key}.so"
     if target.is_file():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:                      # read-only home (some clusters): a private temp folder
+        cache = Path(tempfile.gettempdir()) / f"manidp-kernels-{os.getuid()}"
+        cache.mkdir(exist_ok=True)
+        target = cache / target.name
+        if target.is_file():
+            return target
     # Compile to a private name, then rename: concurrent builds never load a half-written file.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
     os.close(fd)
