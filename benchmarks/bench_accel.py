@@ -45,7 +45,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from manidp import accel, native  # noqa: E402
+from manidp import accel, latency, native  # noqa: E402
+from manidp.latency import ChannelsLast, dense_twin  # noqa: E402
 from manidp.macs import InstanceCounter, dense_macs, kept_counts  # noqa: E402
 from manidp.models import build_model  # noqa: E402
 
@@ -77,29 +78,11 @@ def prepare(arch: str, n: int, seed: int) -> tuple[torch.nn.Module, torch.Tensor
     return model, x, reduction
 
 
-def dense_twin(model) -> torch.nn.Module:
-    dense = build_model(model.arch).eval()
-    dense.load_state_dict({k: v for k, v in model.state_dict().items() if ".gate" not in k})
-    return dense
-
-
 def all_open(model) -> torch.nn.Module:
     model = copy.deepcopy(model)
     for g in model.gates():
         g.threshold.fill_(-10000.0)
     return model
-
-
-class ChannelsLast(torch.nn.Module):
-    """The dense model run the faster way on CPU: weights and input in channels-last (NHWC)
-    memory format; the input's conversion is part of its latency."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-
-    def forward(self, x):
-        return self.model(x.contiguous(memory_format=torch.channels_last))
 
 
 def variants(model) -> dict:
@@ -113,19 +96,7 @@ CLOCK = time.perf_counter
 
 
 def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds per call of each fn, ``repeats`` rounds, fns interleaved in rotating order."""
-    names = list(fns)
-    times = {k: [] for k in names}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for k in names:
-                fns[k]()
-        for r in range(repeats):
-            for k in names[r % len(names):] + names[:r % len(names)]:
-                t = CLOCK()
-                fns[k]()
-                times[k].append(CLOCK() - t)
-    return times
+    return latency.interleaved(fns, repeats, warmup, clock=CLOCK)
 
 
 def batch1(vs: dict, x: torch.Tensor, repeats: int) -> dict:

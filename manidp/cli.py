@@ -5,6 +5,7 @@ Commands
   prune           prune a dense baseline: ManiDP (default), FBS or FPGM (--method)
   evaluate        top-1/top-5 and per-instance MACs of a checkpoint
   macs            dense MACs per layer, and the remain rate for a target MAC reduction
+  latency         batch-1 CPU latency of a pruned checkpoint through the channel-skipping engine
 
 User errors (bad paths, options, corrupt files, a diverging loss) print one line and exit 2.
 
@@ -127,6 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     _common_data(p)
 
+    p = sub.add_parser("latency", help="batch-1 latency of a pruned checkpoint through the channel-skipping engine",
+                       description="Convert a ManiDP checkpoint to the channel-skipping engine (manidp.accel), "
+                                   "check it against the masked model on real test images (same predictions, "
+                                   "executed MACs = analytic count), and time dense, masked and engine at "
+                                   "batch 1 on the CPU, side by side, on the first --limit-test images "
+                                   "(default 32).")
+    p.add_argument("--checkpoint", required=True, help="a ManiDP checkpoint.pt (gated model)")
+    p.add_argument("--out", default=None, help="write the result as JSON here (default: print only)")
+    p.add_argument("--repeats", type=int, default=5, help="timed passes over the images (default: %(default)s)")
+    p.add_argument("--kernel", default="auto", choices=["auto", "native", "torch"],
+                   help="engine kernel: the C kernel (native), PyTorch ops (torch), or native where a "
+                        "C compiler is found (auto; default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    _common_data(p)
+    p.set_defaults(limit_test=32)          # timing every test image at batch 1 would take long
+
     p = sub.add_parser("macs", help="dense MACs per layer; remain rate for a target reduction",
                        description="Analytic MAC counts (multiply-accumulates of conv and FC layers; the literature's "
                                    "'FLOPs'). Gate cost is reported on its own line.")
@@ -233,6 +251,47 @@ def cmd_macs(args) -> None:
         print(f"remain rate for {args.target_reduction}% MAC reduction (uniform keep): {result['remain_rate']:.4f}")
 
 
+def cmd_latency(args) -> None:
+    import torch
+
+    from .checkpoint import model_from_checkpoint
+    from .data import build_loaders
+    from .io import write_json
+    from .latency import measure
+    from .provenance import environment
+    if args.repeats < 1:
+        raise ManidpError(f"--repeats must be >= 1 (got {args.repeats})")
+    model, ckpt = model_from_checkpoint(args.checkpoint)
+    model = model.eval()
+    image_size = args.image_size or model.input_size
+    _, test_loader, info = build_loaders(args.dataset, args.data, 64, device=torch.device("cpu"), seed=0,
+                                         workers=args.workers, image_size=image_size,
+                                         cache_dir=args.cache_dir, download=args.download,
+                                         limit_test=args.limit_test)
+    if info["num_classes"] != model.num_classes:
+        raise ManidpError(f"checkpoint {args.checkpoint} has {model.num_classes} classes but --data "
+                          f"{args.data} has {info['num_classes']}: use the dataset it was trained on")
+    batches = [(x, y) for x, y in test_loader]
+    images, labels = torch.cat([b[0] for b in batches]).float(), torch.cat([b[1] for b in batches])
+    r = measure(model, images, labels, repeats=args.repeats, kernel=args.kernel,
+                show_progress=not args.quiet)
+    cfg = ckpt.get("config", {})
+    r.update(checkpoint=str(args.checkpoint), method=cfg.get("method"), data_source=info.get("source"),
+             environment=environment(torch.device("cpu"), cfg.get("seed")))
+    if args.out:
+        write_json(args.out, r)
+        print(f"wrote {args.out}")
+    ms = r["latency_ms"]
+    print(f"{r['arch']} @{r['input_size']}, {r['images']} test images, batch 1, {r['threads']} thread(s), "
+          f"engine kernel {r['kernel']}: dense {ms['dense']:.2f} ms (NHWC {ms['dense-nhwc']:.2f}), "
+          f"masked {ms['masked']:.2f} ms, engine {ms['engine']:.2f} ms = {r['speedup']:.2f}x over the "
+          f"faster dense (MAC reduction {r['reduction_pct']:.1f}%, theoretical {r['theoretical_speedup']:.2f}x)")
+    print(f"engine vs masked model: same prediction on {r['same_prediction']}/{r['images']} images, "
+          f"max relative logit error {r['max_rel_logit_error']:.1e}, executed MACs "
+          f"{'equal' if r['executed_equals_analytic'] else 'DIFFER FROM'} the analytic count; "
+          f"top-1 {r['top1_engine']:.1f}% (masked {r['top1_masked']:.1f}%)")
+
+
 def _result_line(r: dict) -> str:
     if "stopped_after_epoch" in r:
         return f"stopped after epoch {r['stopped_after_epoch']}"
@@ -260,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_evaluate(args)
         elif args.command == "macs":
             cmd_macs(args)
+        elif args.command == "latency":
+            cmd_latency(args)
     except ManidpError as e:
         print(f"manidp: error: {e}", file=sys.stderr)
         return 2

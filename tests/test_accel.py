@@ -103,10 +103,10 @@ def test_imagenet_random_inputs(arch, size, kernel):
     check_equivalent(gated(arch, x), x, **KERNELS[kernel])
 
 
-@pytest.mark.parametrize("kernel", ["conv", "native"])
-def test_imagenet_224(kernel):
+@pytest.mark.parametrize("arch,kernel", [("resnet18", "conv"), ("resnet18", "native"), ("resnet34", "native")])
+def test_imagenet_224(arch, kernel):
     x = torch.randn(1, 3, 224, 224)
-    check_equivalent(gated("resnet18", x, remain=0.45), x, **KERNELS[kernel])
+    check_equivalent(gated(arch, x, remain=0.45), x, **KERNELS[kernel])
 
 
 def test_native_threads_give_identical_outputs():

@@ -138,6 +138,28 @@ def test_cli_evaluate_matches_training_metrics(baseline, cifar_mini, tmp_path, c
     assert ev["environment"]["git_commit"] is None or len(ev["environment"]["git_commit"]) >= 40
 
 
+def test_cli_latency_of_a_pruned_checkpoint(baseline, cifar_mini, tmp_path, capsys):
+    """``manidp latency``: the engine reproduces the trained ManiDP model on real test images (same
+    predictions, executed MACs = analytic), and every variant is timed. Speed is not asserted."""
+    run(manidp_cfg(cifar_mini, baseline[0], tmp_path / "m", epochs=1, limit_train=128), show_progress=False)
+    path = tmp_path / "latency.json"
+    assert cli.main(["latency", "--checkpoint", str(tmp_path / "m" / "checkpoint.pt"), "--data",
+                     str(cifar_mini), "--limit-test", "12", "--repeats", "1", "--quiet",
+                     "--out", str(path)]) == 0
+    r = json.loads(path.read_text())
+    assert r["images"] == 12 and r["same_prediction"] == 12 and r["executed_equals_analytic"]
+    assert r["max_rel_logit_error"] < 1e-4 and r["top1_engine"] == r["top1_masked"]
+    assert r["reduction_pct"] > 0 and set(r["latency_ms"]) == {"dense", "dense-nhwc", "masked", "engine"}
+    assert "same prediction on 12/12 images" in capsys.readouterr().out
+    # A dense baseline has no gates to skip with; --repeats must be positive: one line each.
+    code, line = run_cli(capsys, "latency", "--checkpoint", str(baseline[0] / "checkpoint.pt"),
+                         "--data", str(cifar_mini), "--quiet")
+    assert code == 2 and "needs a gated ResNet" in line
+    code, line = run_cli(capsys, "latency", "--checkpoint", str(path), "--data", str(cifar_mini),
+                         "--repeats", "0")
+    assert code == 2 and "--repeats must be >= 1" in line
+
+
 def run_cli(capsys, *argv) -> tuple[int, str]:
     code = cli.main(list(argv))
     err = capsys.readouterr().err.strip().splitlines()
@@ -184,7 +206,7 @@ def test_missing_dataset(tmp_path, capsys):
     assert code == 2 and "nowhere" in line
 
 
-@pytest.mark.parametrize("command", ["train-baseline", "prune", "evaluate", "macs"])
+@pytest.mark.parametrize("command", ["train-baseline", "prune", "evaluate", "macs", "latency"])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([command, "--help"])

@@ -1,0 +1,106 @@
+"""Latency of a gated model through the channel-skipping engine, against dense and masked runs.
+
+Used by ``manidp latency`` (a trained checkpoint on real test images) and by
+``benchmarks/bench_accel.py`` (random gates calibrated to the paper's MAC reductions). The variants
+are timed side by side, interleaved in every pass in rotating order, so background load hits them
+alike; latency is the median per image at batch 1.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from . import accel
+from .macs import InstanceCounter, dense_macs, kept_counts
+from .models import ResNet, build_model
+from .progress import progress
+
+
+def dense_twin(model: ResNet) -> ResNet:
+    """The plain ResNet with the gated model's weights (what the pruned model is compared with)."""
+    dense = build_model(model.arch, num_classes=model.num_classes).eval()
+    dense.load_state_dict({k: v for k, v in model.state_dict().items() if ".gate" not in k})
+    return dense
+
+
+class ChannelsLast(torch.nn.Module):
+    """A model run the faster way on CPU: weights and input in channels-last (NHWC) memory format;
+    the input's conversion is part of its latency."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    def forward(self, x):
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
+                clock: Callable[[], float] = time.perf_counter,
+                on_round: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each fn, ``repeats`` rounds after ``warmup``, fns in rotating order."""
+    names = list(fns)
+    times = {k: [] for k in names}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for k in names:
+                fns[k]()
+        for r in range(repeats):
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                t = clock()
+                fns[k]()
+                times[k].append(clock() - t)
+            if on_round is not None:
+                on_round()
+    return times
+
+
+def measure(model: ResNet, images: torch.Tensor, labels: torch.Tensor | None = None,
+            repeats: int = 5, kernel: str = "auto", show_progress: bool = False) -> dict:
+    """Check the engine against the masked model on ``images`` (batch 1 each), then time dense
+    (NCHW and channels-last), masked and engine. Returns a JSON-ready dict."""
+    engine = accel.convert(model, kernel=kernel)
+    size = images.shape[-1]
+    with torch.no_grad():
+        masked_logits = model(images)
+        analytic = InstanceCounter(model, size).count(kept_counts(model)).tolist()
+    engine_logits = engine(images)
+    executed = engine.executed_macs
+    dense = dense_macs(model, size)
+    check = {
+        "max_rel_logit_error": float((engine_logits - masked_logits).abs().max()
+                                     / masked_logits.abs().max().clamp(min=1e-12)),
+        "same_prediction": int((engine_logits.argmax(1) == masked_logits.argmax(1)).sum()),
+        "executed_equals_analytic": executed == analytic,
+    }
+    if labels is not None:
+        check["top1_masked"] = 100.0 * float((masked_logits.argmax(1) == labels).float().mean())
+        check["top1_engine"] = 100.0 * float((engine_logits.argmax(1) == labels).float().mean())
+    twin = dense_twin(model)
+    variants = {"dense": twin, "dense-nhwc": ChannelsLast(twin), "masked": model, "engine": engine}
+    singles = [images[i:i + 1] for i in range(len(images))]
+
+    def run(m):
+        def f():
+            for x in singles:
+                m(x)
+        return f
+
+    # Counted in images run (all variants), so the bar's rate reads img/s.
+    with progress(repeats * len(singles) * len(variants), "timing", disable=not show_progress) as bar:
+        times = interleaved({k: run(m) for k, m in variants.items()}, repeats,
+                            on_round=lambda: bar.update(len(singles) * len(variants)))
+    ms = {k: 1e3 * statistics.median(v) / len(singles) for k, v in times.items()}
+    best = min(("dense", "dense-nhwc"), key=ms.get)
+    theory = dense / (sum(executed) / len(executed))
+    return {"arch": model.arch, "input_size": size, "images": len(singles), "repeats": repeats,
+            "threads": torch.get_num_threads(), "kernel": engine.kernel, "latency_ms": ms,
+            "best_dense": best, "speedup": ms[best] / ms["engine"],
+            "speedup_vs_nchw_dense": ms["dense"] / ms["engine"], "dense_macs": dense,
+            "executed_macs_mean": sum(executed) / len(executed),
+            "reduction_pct": 100.0 * (1 - sum(executed) / len(executed) / dense),
+            "theoretical_speedup": theory, **check}
