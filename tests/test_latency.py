@@ -1,0 +1,40 @@
+"""manidp.latency: the engine checked against the masked model, and the rounding-tie diagnostic.
+Speed is measured (by `manidp latency` and benchmarks/bench_accel.py), never asserted."""
+import torch
+
+from manidp import accel, latency
+from manidp.models import build_model
+
+
+def gated(x, remain=0.5):
+    torch.manual_seed(0)
+    model = accel.randomize_(build_model("resnet20", gated=True), x)
+    return accel.calibrate_thresholds_(model, x, remain)
+
+
+def test_measure_checks_every_image():
+    x = torch.randn(6, 3, 32, 32)
+    labels = torch.arange(6) % 10
+    r = latency.measure(gated(x), x, labels, repeats=1)
+    assert r["images"] == 6 and r["same_decisions"] == 6 and r["differing_decisions"] == 0
+    assert r["same_prediction"] == 6 and r["executed_equals_analytic"] and r["max_rel_logit_error"] < 1e-4
+    assert r["top1_engine"] == r["top1_masked"]
+    assert set(r["latency_ms"]) == {"dense", "dense-nhwc", "masked", "engine"}
+    assert r["speedup"] == r["latency_ms"][r["best_dense"]] / r["latency_ms"]["engine"]
+
+
+def test_tie_margin_finds_a_saliency_at_its_threshold():
+    x = torch.randn(4, 3, 32, 32)
+    model = gated(x)
+    with torch.no_grad():
+        model(x)
+    before = latency.tie_margin(model)
+    assert (before > 0).all()
+    # Put gate 0's threshold exactly on instance 2's saliency of channel 3. Gate 0 reads the stem,
+    # which its threshold does not change, so the next pass reproduces that saliency bit for bit.
+    gate = model.gates()[0]
+    gate.threshold.fill_(float(gate.saliency[2, 3]))
+    with torch.no_grad():
+        model(x)
+    margin = latency.tie_margin(model)
+    assert margin[2] == 0 and (margin[[0, 1, 3]] > 0).all()
