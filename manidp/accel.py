@@ -244,7 +244,8 @@ class _SkipBlock(nn.Module):
             self._native = (self.wa.data_ptr(), w)
         return self._native[1]
 
-    def forward_native(self, x: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, int, int, int, int, int]:
+    def forward_native(self, x: torch.Tensor, h: int, w: int,
+                       threads: int | None = None) -> tuple[torch.Tensor, int, int, int, int, int]:
         """One instance with the C kernel: padded-planar ``x`` (:func:`to_padded`) of an ``h`` x
         ``w`` map -> (output, its height, width, MACs run, |k1|, |k2|). With an identity shortcut
         the output is ``x`` itself, updated in place."""
@@ -253,7 +254,7 @@ class _SkipBlock(nn.Module):
         out = x if self.shortcut is None else x.new_empty(padded_size(weights.c_out, ho, wo))
         kept = (ctypes.c_int64 * 2)()
         macs = lib.manidp_block(ctypes.byref(weights), x.data_ptr(), out.data_ptr(), h, w,
-                                torch.get_num_threads(), kept)
+                                threads or torch.get_num_threads(), kept)
         if macs < 0:
             raise MemoryError("manidp.accel native kernel: out of memory")
         return out, ho, wo, macs, kept[0], kept[1]
@@ -385,8 +386,9 @@ class SkippingResNet(nn.Module):
         x, macs = self._stem_conv(x)
         return self._relu_pool(x), macs
 
-    def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return F.linear(x.mean((2, 3)), self.fc_w, self.fc_b), self.fc_w.numel()
+    def _head(self, pooled: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """FC on the globally pooled features [B, C] -> logits, and its MACs per instance."""
+        return F.linear(pooled, self.fc_w, self.fc_b), self.fc_w.numel()
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor, strategy: str = "loop") -> torch.Tensor:
@@ -394,7 +396,16 @@ class SkippingResNet(nn.Module):
             raise ManidpError(f"unknown strategy '{strategy}': choose one of {', '.join(STRATEGIES)}")
         x = x.float()
         union = strategy == "union" and x.shape[0] > 1
-        if self.kernel == "native" and x.device.type == "cpu" and not union:
+        native_loop = self.kernel == "native" and x.device.type == "cpu" and not union
+        if native_loop and x.shape[0] > 1 and torch.get_num_threads() > 1:
+            # A batch: whole instances in parallel, one thread each (see _network_native).
+            x, stem_macs = self._stem_conv(x)
+            pooled, macs, kept = self._network_native(x)
+            logits, fc_macs = self._head(pooled)
+            self.executed_macs = [stem_macs + m + fc_macs for m in macs]
+            self.kept = kept
+            return logits
+        if native_loop:
             # The C kernel takes the stem convolution's output and does ReLU + max-pool itself.
             x, stem_macs = self._stem_conv(x)
             one = self._blocks_native
@@ -403,6 +414,7 @@ class SkippingResNet(nn.Module):
             one = self._blocks_one
         if union:
             x, macs, kept = self._blocks_union(x)
+            x = x.mean((2, 3))
             executed = [stem_macs + macs] * x.shape[0]
         else:
             outs, executed, kept = [], [], []
@@ -413,7 +425,7 @@ class SkippingResNet(nn.Module):
                 kept.append(counts)
             x = torch.cat(outs) if len(outs) > 1 else outs[0]
             kept = torch.tensor(kept, dtype=torch.int64)
-        logits, fc_macs = self._head(x)
+        logits, fc_macs = self._head(x)           # x: pooled features [B, C]
         self.executed_macs = [m + fc_macs for m in executed]
         self.kept = kept
         return logits
@@ -424,26 +436,54 @@ class SkippingResNet(nn.Module):
             x, m, n1, n2 = block.forward_one(x)
             macs += m
             counts += [n1, n2]
-        return x, macs, counts
+        return x.mean((2, 3)), macs, counts
 
-    def _blocks_native(self, x: torch.Tensor) -> tuple[torch.Tensor, int, list[int]]:
-        """One instance's stem convolution output (before ReLU) through ReLU, max-pool and every
-        block with the C kernel, on padded-planar maps (see :func:`to_padded`)."""
+    def _padded_stem_output(self, x: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, int, int]:
+        """One instance's stem convolution output (before ReLU) -> ReLU, max-pool, in the padded-planar
+        layout (:func:`to_padded`), with its height and width."""
         c, h, w = x.shape[1:]
         if self.maxpool and x.stride() == (c * h * w, 1, w * c, c):       # channels-last
             h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
             buf = x.new_zeros(padded_size(c, h, w))
             native.load().manidp_relu_maxpool(x.data_ptr(), c, x.shape[2], x.shape[3],
-                                              buf.data_ptr(), torch.get_num_threads())
-        else:
-            x = self._relu_pool(x)
-            buf, (h, w) = to_padded(x[0]), x.shape[2:]
+                                              buf.data_ptr(), threads or torch.get_num_threads())
+            return buf, h, w
+        x = self._relu_pool(x)
+        return to_padded(x[0]), x.shape[2], x.shape[3]
+
+    def _network_native(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+        """A batch of stem convolution outputs through every block with the C kernel, instances
+        split across threads, each single-threaded (at batch > 1 whole instances keep the cores
+        busier than tiles of one small GEMM) -> (pooled features [B, C], block MACs per instance,
+        kept counts [B, num_gates])."""
+        n = x.shape[0]
+        bufs = [self._padded_stem_output(x[i:i + 1]) for i in range(n)]
+        h, w = bufs[0][1], bufs[0][2]
+        blocks = (native.BlockWeights * len(self.blocks))(*[b.native_weights() for b in self.blocks])
+        pointers = (ctypes.c_void_p * n)(*[b[0].data_ptr() for b in bufs])
+        pooled = x.new_empty(n, blocks[-1].c_out)
+        macs = torch.empty(n, dtype=torch.int64)
+        kept = torch.empty(n, 2 * len(self.blocks), dtype=torch.int64)
+        status = native.load().manidp_network(blocks, len(self.blocks), n, pointers, h, w,
+                                              torch.get_num_threads(), pooled.data_ptr(),
+                                              macs.data_ptr(), kept.data_ptr())
+        if status != 0:
+            raise MemoryError("manidp.accel native kernel: out of memory")
+        return pooled, macs.tolist(), kept
+
+    def _blocks_native(self, x: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, int, list[int]]:
+        """One instance's stem convolution output (before ReLU) through ReLU, max-pool and every
+        block with the C kernel, on padded-planar maps (see :func:`to_padded`)."""
+        buf, h, w = self._padded_stem_output(x, threads)
         macs, counts = 0, []
         for block in self.blocks:
-            buf, h, w, m, n1, n2 = block.forward_native(buf, h, w)
+            buf, h, w, m, n1, n2 = block.forward_native(buf, h, w, threads)
             macs += m
             counts += [n1, n2]
-        return from_padded(buf, self.blocks[-1].bb.numel(), h, w)[None], macs, counts
+        c = self.blocks[-1].bb.numel()
+        pooled = buf.new_empty(1, c)
+        native.load().manidp_pool(buf.data_ptr(), c, h, w, pooled.data_ptr())
+        return pooled, macs, counts
 
     def _blocks_union(self, x: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor]:
         macs, counts = 0, []

@@ -109,6 +109,13 @@ def load() -> ctypes.CDLL | None:
     if lib.manidp_slack() != SLACK:
         _reason = f"{SOURCE.name} was built with SLACK={lib.manidp_slack()}, manidp.native expects {SLACK}"
         return None
+    lib.manidp_network.restype = ctypes.c_int
+    lib.manidp_network.argtypes = [ctypes.POINTER(BlockWeights), ctypes.c_int64, ctypes.c_int64,
+                                   ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64, ctypes.c_int64,
+                                   ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.manidp_pool.restype = None
+    lib.manidp_pool.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                ctypes.c_void_p]
     lib.manidp_relu_maxpool.restype = None
     lib.manidp_relu_maxpool.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                         ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]

@@ -110,19 +110,44 @@ def test_imagenet_224(arch, kernel):
 
 
 def test_native_threads_give_identical_outputs():
-    """The C kernel splits whole output tiles between threads, each summed in the same order, so
-    the thread count cannot change a single bit."""
-    x = torch.randn(2, 3, 96, 96)
+    """The C kernel splits whole output tiles between threads (batch 1), or whole instances (batch
+    > 1), each summed in the same order, so neither the thread count nor the batch path can change a
+    bit of the pooled features the FC reads (the FC itself is PyTorch's, whose GEMM may split its
+    sums differently per thread count)."""
+    x = torch.randn(3, 3, 96, 96)
     model = gated("resnet18", x)
     if native._compiler() is None:
         pytest.skip("no C compiler")
     engine = accel.convert(model, kernel="native")
-    outs = []
-    for threads in (1, 2, 3):
-        torch.set_num_threads(threads)
-        outs.append((engine(x), engine.executed_macs))
-    torch.set_num_threads(1)
-    assert all(torch.equal(o, outs[0][0]) and m == outs[0][1] for o, m in outs)
+    runs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                stem, _ = engine._stem_conv(x)
+                singles = [engine._blocks_native(stem[i:i + 1]) for i in range(len(x))]
+                pooled, macs, kept = engine._network_native(stem)
+            runs.append(torch.cat([p for p, _, _ in singles]))
+            assert torch.equal(pooled, runs[-1])
+            assert macs == [m for _, m, _ in singles] and kept.tolist() == [c for _, _, c in singles]
+    finally:
+        torch.set_num_threads(1)
+    assert all(torch.equal(r, runs[0]) for r in runs)
+
+
+@pytest.mark.parametrize("arch,size", [("resnet56", 32), ("resnet18", 64)])
+def test_native_batch_runs_instances_in_parallel(arch, size):
+    """Batch > 1 with several threads: whole instances per thread (manidp_network), each still at
+    its own executed cost, equal to the masked model and to one-at-a-time runs."""
+    x = torch.randn(5, 3, size, size)
+    model = gated(arch, x)
+    torch.set_num_threads(2)
+    try:
+        engine, out = check_equivalent(model, x, kernel="native")
+    finally:
+        torch.set_num_threads(1)
+    singles = torch.cat([engine(x[i:i + 1]) for i in range(len(x))])
+    assert rel_err(out, singles) < 1e-5
 
 
 def test_native_unavailable_falls_back(monkeypatch):

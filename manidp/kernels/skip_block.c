@@ -329,6 +329,42 @@ done:
     return macs;
 }
 
+/* A batch through ``nblocks`` blocks, one instance per thread (each instance single-threaded): at
+ * batch > 1 this keeps both cores busy on whole instances instead of splitting small GEMMs.
+ * ``inputs[i]``: instance i's padded-planar map (c0 x h0 x w0), updated in place by identity blocks.
+ * Writes the global average pool of each instance's last map to ``pooled`` [n][c_last], its MACs
+ * to ``macs`` [n] and its kept counts to ``kept`` [n][nblocks][2]. Returns 0, or -1 if memory ran
+ * out. */
+int manidp_network(const block_t *blocks, int64_t nblocks, int64_t n, float *const *inputs,
+                   int64_t h0, int64_t w0, int threads, float *pooled, int64_t *macs, int64_t *kept)
+{
+    int failed = 0;
+    const int64_t c_last = blocks[nblocks - 1].c_out;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t i = 0; i < n; i++) {
+        float *x = inputs[i], *owned = NULL;
+        int64_t h = h0, w = w0, m = 0;
+        for (int64_t j = 0; j < nblocks && !failed; j++) {
+            const block_t *b = blocks + j;
+            const int64_t ho = (h - 1) / b->stride + 1, wo = (w - 1) / b->stride + 1;
+            float *out = x;
+            if (b->ws) {
+                out = malloc(sizeof(float) * (b->c_out * (ho + 2) * (wo + 2) + SLACK));
+                if (!out) { failed = 1; break; }
+            }
+            const int64_t mj = manidp_block(b, x, out, h, w, 1, kept + (i * nblocks + j) * 2);
+            if (mj < 0) failed = 1;
+            m += mj;
+            if (out != x) { free(owned); owned = x = out; }
+            h = ho; w = wo;
+        }
+        if (!failed) plane_means(x, c_last, (h + 2) * (w + 2), h * w, pooled + i * c_last, 1);
+        macs[i] = m;
+        free(owned);
+    }
+    return failed ? -1 : 0;
+}
+
 /* The ImageNet stem's ReLU + 3x3/2 max-pool (padding 1), from the stem convolution's channels-last
  * output ``y`` [h][w][c] into the zero-initialised padded-planar buffer ``out`` that the first block
  * reads. max(ReLU(.)) = ReLU(max(.)), and zero padding equals -inf padding on ReLU output. */
@@ -352,6 +388,13 @@ void manidp_relu_maxpool(const float *y, int64_t c, int64_t h, int64_t w, float 
             for (int64_t ch = 0; ch < c; ch++) dst[ch * plane] = m[ch];
         }
     }
+}
+
+/* Global average pool of a padded-planar map into ``out`` [c] (the head's input), single-threaded
+ * so that the result does not depend on the thread count. */
+void manidp_pool(const float *x, int64_t c, int64_t h, int64_t w, float *out)
+{
+    plane_means(x, c, (h + 2) * (w + 2), h * w, out, 1);
 }
 
 int64_t manidp_slack(void) { return SLACK; }
