@@ -316,7 +316,7 @@ def main(argv=None) -> None:
            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
            "clock": args.clock, "loadavg_start": os.getloadavg(),
            "engine_kernel": "native" if native.load() is not None else "torch",
-           "native_unavailable": native.why_unavailable()}
+           "native_unavailable": native.why_unavailable(), "native_flags": native.FLAGS}
     results = []
     for arch in args.archs.split(","):
         results.append(run(arch, args))

@@ -8,6 +8,7 @@ PyTorch has loaded its own ``libgomp.so.1`` by then, so the kernel shares PyTorc
 
 ``load()`` returns the library or ``None`` (no compiler, compile error, ``MANIDP_NATIVE=0``);
 ``why_unavailable()`` says why. The engine then falls back to its PyTorch kernels.
+``MANIDP_CFLAGS`` adds compiler flags (e.g. ``-mno-avx512f`` builds the AVX2 variant).
 """
 from __future__ import annotations
 

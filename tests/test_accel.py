@@ -1,6 +1,7 @@
 """Channel-skipping engine (manidp.accel): same outputs as the masked dense model, and executed MACs
 equal to the analytic per-instance count. Latency is measured in benchmarks/bench_accel.py only."""
 import pickle
+import platform
 import tarfile
 
 import pytest
@@ -148,6 +149,22 @@ def test_native_batch_runs_instances_in_parallel(arch, size):
         torch.set_num_threads(1)
     singles = torch.cat([engine(x[i:i + 1]) for i in range(len(x))])
     assert rel_err(out, singles) < 1e-5
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 compiler flag")
+def test_native_portable_build(monkeypatch, tmp_path):
+    """The kernel built without AVX-512 (8-wide vectors, a 6 x 16 register tile: what an AVX2-only
+    CPU gets) computes the same as the masked model."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setattr(native, "FLAGS", [*native.FLAGS, "-mno-avx512f"])
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_reason", None)
+    monkeypatch.setenv("MANIDP_CACHE", str(tmp_path))
+    assert native.load() is not None, native.why_unavailable()
+    x = torch.randn(2, 3, 100, 100)
+    check_equivalent(gated("resnet18", x), x, kernel="native")
+    assert list((tmp_path / "kernels").glob("skip_block-*.so"))
 
 
 def test_native_unavailable_falls_back(monkeypatch):
