@@ -287,6 +287,43 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+VARIANT_LABELS = {"dense": "dense (NCHW)", "dense-nhwc": "dense (channels-last)",
+                  "masked": "masked (official way)", "engine-torch": "engine, PyTorch kernels",
+                  "engine": "engine, C kernel"}
+
+
+def plot(data: dict, path: str) -> None:
+    """Batch-1 latency per model and variant, relative to the faster dense model (bars), with the
+    theoretical time (dense / theoretical speedup) as a line: what --plot writes, from the JSON."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    results = data["results"]
+    fig, ax = plt.subplots(figsize=(1.2 + 2.6 * len(results), 3.6))
+    width = 0.8 / len(VARIANT_LABELS)
+    for j, (key, label) in enumerate(VARIANT_LABELS.items()):
+        xs, ys = [], []
+        for i, r in enumerate(results):
+            lat = r["batch1"]
+            xs.append(i + (j - (len(VARIANT_LABELS) - 1) / 2) * width)
+            ys.append(lat[key]["median_ms"] / lat[r["best_dense"]]["median_ms"])
+        ax.bar(xs, ys, width, label=label)
+        for x, y, r in zip(xs, ys, results):
+            ax.text(x, y, f"{r['batch1'][key]['median_ms']:.1f}", ha="center", va="bottom", fontsize=6)
+    for i, r in enumerate(results):
+        ax.hlines(1 / r["theoretical_speedup"], i - 0.45, i + 0.45, colors="k", linestyles="--",
+                  label="theoretical (dense MACs / executed MACs)" if i == 0 else None)
+    ax.set_xticks(range(len(results)))
+    ax.set_xticklabels([f"{r['arch']} @{r['input_size']}\n{r['reduction_pct']:.1f}% fewer MACs"
+                        for r in results])
+    ax.set_ylabel("latency / faster dense (labels: ms)")
+    env = data["env"]
+    ax.set_title(f"batch 1, {env['threads']} thread(s), {env['clock']} clock, torch {env['torch']}", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="write the results as JSON here")
@@ -301,6 +338,8 @@ def main(argv=None) -> None:
                    help="cpu: process CPU time, robust to other processes' load; a latency only "
                         "with --threads 1")
     p.add_argument("--profile", action="store_true", help="also time every block, dense vs engine")
+    p.add_argument("--plot", help="also draw the batch-1 latencies as a PNG here")
+    p.add_argument("--replot", metavar="JSON", help="only redraw --plot from a saved --out JSON")
     p.add_argument("--skip-batch", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--memory-probe", nargs=3, metavar=("ARCH", "VARIANT", "STATE"),
@@ -311,6 +350,16 @@ def main(argv=None) -> None:
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.memory_probe:
         print(json.dumps(memory_probe(*args.memory_probe, args.threads)))
+        return
+    if args.replot:
+        if not args.plot:
+            p.error("--replot needs --plot PATH")
+        try:
+            data = json.loads(Path(args.replot).read_text())
+        except (OSError, ValueError) as e:
+            p.error(f"--replot {args.replot}: cannot read it as a bench_accel.py JSON ({e})")
+        plot(data, args.plot)
+        print(f"wrote {args.plot}")
         return
     env = {"torch": torch.__version__, "threads": args.threads, "python": platform.python_version(),
            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -325,8 +374,11 @@ def main(argv=None) -> None:
     print(table(results))
     print(f"\n{args.threads} thread(s), {args.clock} clock, engine kernel: {env['engine_kernel']}; "
           f"load average (1, 5, 15 min): start {env['loadavg_start']}, end {env['loadavg_end']}")
+    data = {"env": env, "results": results}
     if args.out:
-        Path(args.out).write_text(json.dumps({"env": env, "results": results}, indent=2))
+        Path(args.out).write_text(json.dumps(data, indent=2))
+    if args.plot:
+        plot(data, args.plot)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,16 @@ def test_tie_margin_finds_a_saliency_at_its_threshold():
         model(x)
     margin = latency.tie_margin(model)
     assert margin[2] == 0 and (margin[[0, 1, 3]] > 0).all()
+
+
+def test_benchmark_plot_from_saved_results(tmp_path):
+    """bench_accel.py --plot/--replot draws one group of bars per model from its JSON."""
+    from benchmarks import bench_accel
+    lat = {k: {"median_ms": v} for k, v in
+           {"dense": 10.0, "dense-nhwc": 8.0, "masked": 12.0, "engine-torch": 7.0, "engine": 4.0}.items()}
+    data = {"env": {"threads": 2, "clock": "wall", "torch": torch.__version__},
+            "results": [{"arch": "resnet20", "input_size": 32, "reduction_pct": 50.0, "batch1": lat,
+                         "best_dense": "dense-nhwc", "theoretical_speedup": 2.0}]}
+    path = tmp_path / "latency.png"
+    bench_accel.plot(data, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
