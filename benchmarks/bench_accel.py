@@ -100,17 +100,8 @@ def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[floa
 
 
 def batch1(vs: dict, x: torch.Tensor, repeats: int) -> dict:
-    singles = [x[i:i + 1] for i in range(len(x))]
-
-    def run(m):
-        def f():
-            for xi in singles:
-                m(xi)
-        return f
-
-    times = interleaved({k: run(m) for k, m in vs.items()}, repeats)
-    return {k: {"median_ms": 1e3 * statistics.median(v) / len(x),
-                "min_ms": 1e3 * min(v) / len(x)} for k, v in times.items()}
+    times = latency.batch1_ms(vs, x, repeats, clock=CLOCK)
+    return {k: {"median_ms": statistics.median(v), "min_ms": min(v)} for k, v in times.items()}
 
 
 def batch32(vs: dict, xb: torch.Tensor, repeats: int) -> dict:

@@ -397,14 +397,6 @@ class SkippingResNet(nn.Module):
         x = x.float()
         union = strategy == "union" and x.shape[0] > 1
         native_loop = self.kernel == "native" and x.device.type == "cpu" and not union
-        if native_loop and x.shape[0] > 1 and torch.get_num_threads() > 1:
-            # A batch: whole instances in parallel, one thread each (see _network_native).
-            x, stem_macs = self._stem_conv(x)
-            pooled, macs, kept = self._network_native(x)
-            logits, fc_macs = self._head(pooled)
-            self.executed_macs = [stem_macs + m + fc_macs for m in macs]
-            self.kept = kept
-            return logits
         if native_loop:
             # The C kernel takes the stem convolution's output and does ReLU + max-pool itself.
             x, stem_macs = self._stem_conv(x)
@@ -416,6 +408,10 @@ class SkippingResNet(nn.Module):
             x, macs, kept = self._blocks_union(x)
             x = x.mean((2, 3))
             executed = [stem_macs + macs] * x.shape[0]
+        elif native_loop and x.shape[0] > 1 and torch.get_num_threads() > 1:
+            # A batch: whole instances in parallel, one thread each (see _network_native).
+            x, macs, kept = self._network_native(x)
+            executed = [stem_macs + m for m in macs]
         else:
             outs, executed, kept = [], [], []
             for i in range(x.shape[0]):
@@ -506,11 +502,6 @@ def to_padded(x: torch.Tensor) -> torch.Tensor:
     buf = x.new_zeros(padded_size(c, h, w))
     buf[:c * (h + 2) * (w + 2)].view(c, h + 2, w + 2)[:, 1:-1, 1:-1].copy_(x)
     return buf
-
-
-def from_padded(buf: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
-    """The [C, H, W] view of a padded-planar map (no copy)."""
-    return buf[:c * (h + 2) * (w + 2)].view(c, h + 2, w + 2)[:, 1:-1, 1:-1]
 
 
 def _conv_out(size: int, conv: nn.Conv2d) -> int:

@@ -59,6 +59,23 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     return times
 
 
+def batch1_ms(variants: dict[str, Callable[[torch.Tensor], object]], images: torch.Tensor, repeats: int,
+              clock: Callable[[], float] = time.perf_counter,
+              on_round: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Milliseconds per image of each variant run on ``images`` one at a time: one value per round
+    of :func:`interleaved`."""
+    singles = [images[i:i + 1] for i in range(len(images))]
+
+    def run(m):
+        def f():
+            for x in singles:
+                m(x)
+        return f
+
+    times = interleaved({k: run(m) for k, m in variants.items()}, repeats, clock=clock, on_round=on_round)
+    return {k: [1e3 * t / len(singles) for t in v] for k, v in times.items()}
+
+
 TIE_TOLERANCE = 1e-5
 
 
@@ -108,22 +125,14 @@ def measure(model: ResNet, images: torch.Tensor, labels: torch.Tensor | None = N
         check["top1_engine"] = 100.0 * float((engine_logits.argmax(1) == labels).float().mean())
     twin = dense_twin(model)
     variants = {"dense": twin, "dense-nhwc": ChannelsLast(twin), "masked": model, "engine": engine}
-    singles = [images[i:i + 1] for i in range(len(images))]
-
-    def run(m):
-        def f():
-            for x in singles:
-                m(x)
-        return f
-
+    n = len(images)
     # Counted in images run (all variants), so the bar's rate reads img/s.
-    with progress(repeats * len(singles) * len(variants), "timing", disable=not show_progress) as bar:
-        times = interleaved({k: run(m) for k, m in variants.items()}, repeats,
-                            on_round=lambda: bar.update(len(singles) * len(variants)))
-    ms = {k: 1e3 * statistics.median(v) / len(singles) for k, v in times.items()}
+    with progress(repeats * n * len(variants), "timing", disable=not show_progress) as bar:
+        times = batch1_ms(variants, images, repeats, on_round=lambda: bar.update(n * len(variants)))
+    ms = {k: statistics.median(v) for k, v in times.items()}
     best = min(("dense", "dense-nhwc"), key=ms.get)
     theory = dense / (sum(executed) / len(executed))
-    return {"arch": model.arch, "input_size": size, "images": len(singles), "repeats": repeats,
+    return {"arch": model.arch, "input_size": size, "images": n, "repeats": repeats,
             "threads": torch.get_num_threads(), "kernel": engine.kernel, "latency_ms": ms,
             "best_dense": best, "speedup": ms[best] / ms["engine"],
             "speedup_vs_nchw_dense": ms["dense"] / ms["engine"], "dense_macs": dense,

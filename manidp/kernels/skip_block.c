@@ -27,18 +27,12 @@
  * registers: 6 x 4 accumulators + 4 B vectors + 1 broadcast. With 16 registers (AVX2), 6 x 2. */
 #if defined(__AVX512F__)
 #define VL 16
-#ifndef NV
 #define NV 4
-#endif
 #else
 #define VL 8
-#ifndef NV
 #define NV 2
 #endif
-#endif
-#ifndef MR
 #define MR 6
-#endif
 #define NR (VL * NV)
 #define SLACK 128 /* floats after every buffer that a GEMM reads as B (>= NR + 1; see gemm) */
 
@@ -78,7 +72,7 @@ static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t 
         vf bv[NV];
         for (int v = 0; v < NV; v++) bv[v] = load(bk + v * VL);
         const int64_t ck = g->acol[k];
-#pragma GCC unroll 12
+#pragma GCC unroll 6
         for (int i = 0; i < mr; i++) {
             const vf ai = splat(a[i][ck]);
             for (int v = 0; v < NV; v++) acc[i][v] += ai * bv[v];
@@ -104,12 +98,14 @@ static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t 
 /* One specialised copy of the tile per row count, so that the accumulators stay in registers. */
 static void tile_any(const gemm_t *g, int64_t m0, int mr, int64_t n0)
 {
-#define CASE(r) case r: tile(g, m0, r < MR ? r : MR, n0); break;
-    switch (mr) {
-    CASE(12) CASE(11) CASE(10) CASE(9) CASE(8) CASE(7) CASE(6) CASE(5) CASE(4) CASE(3) CASE(2)
+    switch (mr) {       /* mr <= MR = 6 */
+    case 6: tile(g, m0, 6, n0); break;
+    case 5: tile(g, m0, 5, n0); break;
+    case 4: tile(g, m0, 4, n0); break;
+    case 3: tile(g, m0, 3, n0); break;
+    case 2: tile(g, m0, 2, n0); break;
     default: tile(g, m0, 1, n0); break;
     }
-#undef CASE
 }
 
 /* Tiles ordered column panel by column panel, rows inside: a thread's consecutive tiles reuse one B
