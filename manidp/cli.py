@@ -109,10 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: detached; see manidp/losses.py)")
     g.add_argument("--no-complexity-weighting", dest="complexity_weighting", action="store_false",
                    help="ablation: w_i = 1 for every instance")
+    g.add_argument("--detach-features", action="store_true",
+                   help="beyond the paper: the similarity loss trains only the gates towards the features' "
+                        "similarities, never the features (default: off, as published; see manidp/losses.py)")
     g.add_argument("--fine-tune-epochs", type=int, default=0,
                    help="train the last K epochs at the target remain rate: the cosine schedule reaches it after "
                         "epoch E-K instead of after the last epoch, whose thresholds are then never trained with "
                         "(default: %(default)s, the official schedule; short runs need K >= 1)")
+    g.add_argument("--no-calibrate-macs", dest="calibrate_macs", action="store_false",
+                   help="keep the official threshold rule (k-th largest epoch-mean saliency) when the schedule reaches "
+                        "the target; by default those thresholds are bisected onto the MAC target (manidp/calibrate.py)")
+    g.add_argument("--calibration-instances", type=int, default=2048,
+                   help="training instances the MAC calibration measures on (default: %(default)s)")
+    p.add_argument("--bn-reestimate", type=int, default=0, metavar="N",
+                   help="after the last epoch, re-estimate BatchNorm statistics with the final masks on N training "
+                        "instances (default: %(default)s, off)")
     for m in METHODS.values():
         if m.prunes and m.name != "manidp":
             m.add_arguments(p.add_argument_group(f"{m.name.upper()} (--method {m.name})"))
@@ -165,7 +176,7 @@ def _train_config(args: argparse.Namespace, method: str):
     if method == "manidp":
         losses = LossOptions(lambda_sparse=args.lambda_sparse, lambda_sim=args.lambda_sim, gamma=args.gamma,
                              complexity_scale=args.complexity_scale, detach_weight=args.detach_weight,
-                             complexity_weighting=args.complexity_weighting)
+                             complexity_weighting=args.complexity_weighting, detach_features=args.detach_features)
     return TrainConfig(
         method=method, arch=args.arch, dataset=args.dataset, data=args.data, out=args.out, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
@@ -175,7 +186,9 @@ def _train_config(args: argparse.Namespace, method: str):
         download=args.download, baseline=getattr(args, "baseline", None),
         remain_rate=getattr(args, "remain_rate", None), target_reduction=getattr(args, "target_reduction", None),
         gate_init=getattr(args, "gate_init", "zero"), losses=losses, method_options=method_options,
-        fine_tune_epochs=getattr(args, "fine_tune_epochs", 0) if method == "manidp" else 0)
+        fine_tune_epochs=getattr(args, "fine_tune_epochs", 0) if method == "manidp" else 0,
+        calibrate_macs=getattr(args, "calibrate_macs", True), calibration_instances=getattr(args, "calibration_instances", 2048),
+        bn_reestimate=getattr(args, "bn_reestimate", 0))
 
 
 def cmd_train(args, method: str) -> None:
@@ -220,6 +233,9 @@ def _evaluate(args, world) -> None:
                   method=cfg.get("method"), seed=cfg.get("seed"), epochs=ckpt.get("epoch"),
                   thresholds=model.thresholds(), data_source=info.get("source"),
                   environment=environment(device, cfg.get("seed")))
+    if cfg.get("target_reduction") is not None:      # realized vs the MAC target the run was given
+        from .train import mac_target
+        result.update(mac_target(result["macs"]["reduction_pct"], float(cfg["target_reduction"])))
     if args.out:
         write_json(args.out, result)
         print(f"wrote {args.out}")

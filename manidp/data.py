@@ -708,6 +708,23 @@ def imagefolder_loaders(root, batch_size: int, workers: int = 2, image_size: int
     return train, val, list(train_set.classes)
 
 
+HELD_OUT = 4096   # at most this many unused training rows are kept for the MAC calibration
+
+
+def _held_out(arrays: ImageArrays, train_i, batch_size: int, device, seed: int, shard):
+    """Training rows that ``--limit-train`` left out (evenly spaced, at most HELD_OUT), unaugmented:
+    the MAC calibration (calibrate.py) measures on instances the network never trained on, as the
+    evaluation does. None when every training row is used."""
+    used = torch.zeros(len(arrays.train_y), dtype=torch.bool)
+    used[train_i] = True
+    free = torch.nonzero(~used).flatten()
+    if len(free) == 0:
+        return None
+    pick = free[torch.as_tensor(_spread(len(free), HELD_OUT))] if len(free) > HELD_OUT else free
+    return TensorLoader(arrays.train_x[pick], arrays.train_y[pick], batch_size, arrays.mean, arrays.std,
+                        train=False, device=device, seed=seed, shard=shard)
+
+
 def _first_or_spread(y: torch.Tensor, n: int):
     """Indices of ``n`` of the rows labelled ``y``: the first ``n``, or evenly spaced ones when the
     rows are sorted by class (a JPEG copy read folder by folder), whose first rows hold few classes."""
@@ -802,6 +819,7 @@ def build_loaders(dataset: str, data_path, batch_size: int, device, seed: int, w
                          arrays.mean, arrays.std, train=True, device=device, seed=seed, shard=shard)
     test = TensorLoader(arrays.test_x[test_i], arrays.test_y[test_i], batch_size,
                         arrays.mean, arrays.std, train=False, device=device, seed=seed, shard=shard)
+    train.held_out = _held_out(arrays, train_i, batch_size, device, seed, shard)
     source = arrays.source
     if n_train < len(arrays.train_y) or n_test < len(arrays.test_y):
         source += f" (limited to {n_train} train / {n_test} test)"

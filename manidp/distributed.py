@@ -250,20 +250,20 @@ def manidp_loss(net, logits: torch.Tensor, targets: torch.Tensor, reference_loss
     """
     from .losses import detached, loss_terms
     t = loss_terms(net, logits, targets, reference_loss, opts,
-                   similarity=lambda m: global_similarity_loss(m, total))
+                   similarity=lambda m: global_similarity_loss(m, total, opts.detach_features))
     loss = share(len(t["ce"]), total) * (t["ce"].mean() + opts.lambda_sparse * t["sparse"]) \
         + size() * opts.lambda_sim * t["sim"]
     return loss, detached(t)
 
 
-def global_similarity_loss(net, total: int) -> torch.Tensor:
+def global_similarity_loss(net, total: int, detach_features: bool = False) -> torch.Tensor:
     """sum over gates of ||T - R||_F^2 / B^2 over the global batch of B = ``total`` instances.
 
     All gates' pooled features and saliencies travel in one all_gather.
     """
     from .losses import grouped_alignment_loss
     gates = net.gates()
-    parts = [t.float() for g in gates for t in (g.feature, g.saliency)]
+    parts = [t.float() for g in gates for t in ((g.feature.detach() if detach_features else g.feature), g.saliency)]
     widths = [p.shape[1] for p in parts]
     rows = _GatherRows.apply(torch.cat(parts, dim=1), shard_sizes(total, size()), rank())
     cols = rows.split(widths, dim=1)

@@ -35,6 +35,11 @@ class LossOptions:
         rewards higher CE contradicts the objective. ``detach_weight=False`` restores the official
         behaviour exactly.
     complexity_weighting: False sets w_i = 1 (ablation).
+    detach_features: beyond the paper, off by default: the similarity loss treats the features'
+        similarities as a fixed target and trains only the gates towards them. The paper and the
+        official code detach nothing, so the loss also pulls the features of different instances
+        together; with zero-initialised gates (every saliency 1, so R is all ones) that pull at
+        lambda_2 = 1 raised the training CE of an all-open epoch from 1.6 to 16 (docs/fidelity.md).
     """
     lambda_sparse: float = 0.1
     lambda_sim: float = 0.1
@@ -42,6 +47,7 @@ class LossOptions:
     complexity_scale: float = COMPLEXITY_SCALE
     detach_weight: bool = True
     complexity_weighting: bool = True
+    detach_features: bool = False
 
     def validate(self) -> None:
         for name in ("lambda_sparse", "lambda_sim", "gamma", "complexity_scale"):
@@ -101,13 +107,15 @@ def grouped_alignment_loss(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> to
     return total
 
 
-def similarity_loss(model: ResNet) -> torch.Tensor:
-    """sum over gates of the alignment loss; nothing is detached (reference section 5)."""
-    return grouped_alignment_loss([(g.feature, g.saliency) for g in model.gates()])
+def similarity_loss(model: ResNet, detach_features: bool = False) -> torch.Tensor:
+    """sum over gates of the alignment loss; nothing is detached (reference section 5) unless
+    ``detach_features`` (LossOptions)."""
+    return grouped_alignment_loss([(g.feature.detach() if detach_features else g.feature, g.saliency)
+                                   for g in model.gates()])
 
 
 def loss_terms(model: ResNet, logits: torch.Tensor, targets: torch.Tensor, reference_loss: float,
-               opts: LossOptions, similarity=similarity_loss) -> dict[str, torch.Tensor]:
+               opts: LossOptions, similarity=None) -> dict[str, torch.Tensor]:
     """The objective's terms for the model's last forward pass: per-instance CE and complexity weight,
     the sparsity loss and the similarity loss (``similarity(model)``; zero where its lambda is 0)."""
     ce = F.cross_entropy(logits.float(), targets, reduction="none")
@@ -117,6 +125,8 @@ def loss_terms(model: ResNet, logits: torch.Tensor, targets: torch.Tensor, refer
         w = torch.ones_like(ce)
     zero = logits.new_zeros(())
     sparse = sparsity_loss(model, w) if opts.lambda_sparse else zero
+    if similarity is None:
+        similarity = lambda m: similarity_loss(m, opts.detach_features)  # noqa: E731
     sim = similarity(model) if opts.lambda_sim else zero
     return {"ce": ce, "weight": w, "sparse": sparse, "sim": sim}
 

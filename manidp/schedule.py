@@ -34,16 +34,21 @@ def kth_largest_threshold(mean_saliency: torch.Tensor, rate: float) -> torch.Ten
 
 
 @torch.no_grad()
-def update_thresholds(model: ResNet, epoch: int, epochs: int, target: float) -> float:
+def update_thresholds(model: ResNet, epoch: int, epochs: int, target: float,
+                      means_out: list | None = None) -> float:
     """Set every gate's threshold from this epoch's saliency statistics; reset the statistics.
 
-    Returns r(epoch). Gates that saw no instance (count 0) keep their threshold. Under torchrun the
+    Returns r(epoch); ``means_out``, if given, receives every gate's per-channel mean saliency (the
+    statistics the thresholds came from, for ``calibrate.py``). Gates that saw no instance (count 0)
+    keep their threshold. Under torchrun the
     sums and counts of all processes are added first, so every process sets the same thresholds from
     the whole epoch (the official code divides one GPU's sums by len(train_set) / n_gpu instead).
     """
     rate = remain_rate(epoch, epochs, target)
     sum_statistics(model)
     for gate in model.gates():
+        if means_out is not None:
+            means_out.append(gate.mean_saliency().clone())
         if int(gate.saliency_count) > 0:
             gate.threshold.copy_(kth_largest_threshold(gate.mean_saliency(), rate).to(gate.threshold))
         gate.reset_statistics()

@@ -37,7 +37,10 @@ from . import distributed
 from .errors import ManidpError
 from .evaluate import _amp_dtype, evaluate
 from .io import write_json, write_text
-from .losses import LossOptions, manidp_loss
+from .calibrate import TOLERANCE_PT, calibrate
+from .gate_stats import GateStats, term_grad_norms
+from .losses import LossOptions, loss_terms, manidp_loss
+from .macs import dense_macs
 from .methods import get_method
 from .models import ResNet
 from .progress import progress
@@ -77,6 +80,9 @@ class TrainConfig:
     target_reduction: float | None = None  # target MAC reduction in %, turned into t by macs.remain_rate_for_reduction
     gate_init: str = "zero"           # FC2 weights of fresh gates: zero (ours) or kaiming (official); see models/gate.py
     fine_tune_epochs: int = 0         # ManiDP: last epochs trained at the target remain rate (0: official schedule)
+    calibrate_macs: bool = True       # ManiDP: bisect the target thresholds onto the MAC target (manidp/calibrate.py); False: official rule
+    calibration_instances: int = 2048 # ManiDP: training instances the calibration measures MACs on
+    bn_reestimate: int = 0            # pruning methods: after the last epoch, re-estimate BatchNorm statistics on N training instances (0: off)
     losses: LossOptions = field(default_factory=LossOptions)   # ManiDP's loss options
     method_options: dict = field(default_factory=dict)        # the other methods' own options, e.g. {"lambda_l1": 1e-8}
 
@@ -90,6 +96,10 @@ class TrainConfig:
             raise ManidpError(f"--grad-clip must be > 0 (got {self.grad_clip}); leave it out to switch clipping off")
         if self.weight_decay < 0:
             raise ManidpError(f"--weight-decay must be >= 0 (got {self.weight_decay})")
+        if self.calibration_instances < 1:
+            raise ManidpError(f"--calibration-instances must be >= 1 (got {self.calibration_instances})")
+        if self.bn_reestimate < 0:
+            raise ManidpError(f"--bn-reestimate must be >= 0 instances, 0 for off (got {self.bn_reestimate})")
         if not 0 <= self.fine_tune_epochs < self.epochs:
             raise ManidpError(f"--fine-tune-epochs must be >= 0 and smaller than --epochs {self.epochs} "
                               f"(got {self.fine_tune_epochs}): the schedule needs at least one epoch")
@@ -108,7 +118,8 @@ class TrainConfig:
 # Options whose change makes a checkpoint meaningless for resuming; the rest (device, workers...) may change.
 _RESUME_KEYS = ("method", "arch", "dataset", "epochs", "batch_size", "lr", "momentum", "nesterov",
                 "weight_decay", "grad_clip", "seed", "limit_train", "remain_rate", "target_reduction", "losses", "image_size",
-                "gate_init", "method_options", "fine_tune_epochs")
+                "gate_init", "method_options", "fine_tune_epochs", "calibrate_macs", "calibration_instances",
+                "bn_reestimate")
 
 
 def seed_everything(seed: int) -> None:
@@ -168,6 +179,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, cfg: Tr
     loader.set_epoch(epoch)
     reset_statistics(net)
     sums = {"ce": 0.0, "sparse": 0.0, "sim": 0.0, "correct": 0, "n": 0, "steps": 0}
+    gate_stats, probe = GateStats(net), {}
     bar = progress(_instances(loader), f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not show_progress)
     totals = distributed.batch_sizes(loader.num_samples, loader.batch_size) if many else None
@@ -194,6 +206,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, cfg: Tr
         else:
             loss = F.cross_entropy(logits.float(), y)
             ce_sum = float(loss.detach()) * y.numel()
+        if step == 0 and not many and net.gated:     # how hard each loss term pulls, once per epoch
+            probe = term_grad_norms(_loss_terms(net, logits, y, loss, reference_loss, cfg), net)
+        gate_stats.update(net)
         # every process stops at the same step, or the others would wait for it in backward
         finite = torch.isfinite(loss) if not many else \
             distributed.sum_over_processes([float(torch.isfinite(loss))])[0] == distributed.size()
@@ -222,7 +237,18 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, cfg: Tr
     n = max(sums["n"], 1)
     return {"train_ce": sums["ce"] / n, "train_top1": 100.0 * sums["correct"] / n,
             "train_sparse": sums["sparse"] / n, "train_sim": sums["sim"] / n, "steps": sums["steps"],
-            "lr_end": scheduler.get_last_lr()[0]}
+            "lr_end": scheduler.get_last_lr()[0], "loss_grad_norms": probe, "gates": gate_stats.summary()}
+
+
+def _loss_terms(net, logits, y, loss, reference_loss, cfg) -> dict[str, torch.Tensor]:
+    """The step's loss split into its weighted terms (for :func:`gate_stats.term_grad_norms`):
+    ManiDP's CE, lambda_1 * L_sparse and lambda_2 * L_sim; another method's CE and the rest."""
+    if cfg.method == "manidp":
+        t = loss_terms(net, logits, y, reference_loss, cfg.losses)
+        return {"ce": t["ce"].mean(), "sparse": cfg.losses.lambda_sparse * t["sparse"],
+                "sim": cfg.losses.lambda_sim * t["sim"]}
+    ce = F.cross_entropy(logits.float(), y)
+    return {"ce": ce, "penalty": loss - ce}
 
 
 def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
@@ -297,6 +323,10 @@ def _run(cfg: TrainConfig, world: distributed.World, stop_after_epoch: int | Non
             env["processes"] = world.size
         write_json(out / "env.json", env)
 
+    target_macs = None
+    if method.prunes:   # the MACs a run must end at: its MAC target, or what its remain rate stands for
+        target_macs = (dense_macs(model) * (1 - cfg.target_reduction / 100) if cfg.target_reduction is not None
+                       else method.planned_macs(model, target))
     if cfg.method == "manidp" and reference_loss is None:
         reference_loss = reference_loss_pass(model, train_loader, device, cfg, show_progress)
     if start == 0:
@@ -309,12 +339,10 @@ def _run(cfg: TrainConfig, world: distributed.World, stop_after_epoch: int | Non
         record = {"epoch": epoch + 1, **stats, **started, **method.end_epoch(model, epoch, cfg, target)}
         if cfg.method == "manidp":
             record["reference_loss"] = reference_loss
-            # The official schedule reaches t only after the last epoch, so the final thresholds are never
-            # trained with; --fine-tune-epochs K reaches t after epoch E-K and keeps it (re-estimated).
-            span = cfg.epochs - cfg.fine_tune_epochs
-            record["remain_rate"] = update_thresholds(model, min(epoch, span - 1), span, target)
-            record["thresholds"] = model.thresholds()
+            record.update(_set_thresholds(model, epoch, cfg, target, target_macs, train_loader))
             reference_loss = stats["train_ce"]     # next epoch's complexity reference
+        if epoch + 1 == cfg.epochs and cfg.bn_reestimate and method.prunes:
+            record["bn_reestimate"] = reestimate_batchnorm(model, train_loader, cfg.bn_reestimate, cfg)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             ev = evaluate(method.deployable(model), test_loader, device, amp=cfg.amp, channels_last=cfg.channels_last,
                           input_size=model.input_size, show_progress=show_progress, desc="test")
@@ -334,9 +362,68 @@ def _run(cfg: TrainConfig, world: distributed.World, stop_after_epoch: int | Non
     final.update(arch=cfg.arch, dataset=cfg.dataset, method=cfg.method, seed=cfg.seed,
                  epochs=cfg.epochs, thresholds=model.thresholds(), remain_rate_target=target,
                  data_source=info.get("source"))
+    if method.prunes:
+        final.update(mac_target(final["macs"]["reduction_pct"], 100.0 * (1 - target_macs / dense_macs(model))))
+        if not final["on_target"] and world.main:
+            print(f"warning: MAC reduction {final['macs']['reduction_pct']:.2f}% misses the target "
+                  f"{final['target_reduction_pct']:.2f}% by more than {TOLERANCE_PT} pp (metrics.json: on_target false)",
+                  flush=True)
     if world.main:
         write_json(out / "metrics.json", final)
     return final
+
+
+def _set_thresholds(model: ResNet, epoch: int, cfg: TrainConfig, target: float, target_macs: float, loader) -> dict:
+    """ManiDP's thresholds after epoch ``epoch``, and what goes into its history record.
+
+    The official cosine schedule over the first E - K epochs (K = --fine-tune-epochs), then K epochs at
+    the target remain rate: each update sets the k-th largest epoch-mean saliency (schedule.py). Every
+    update at the target rate is calibrated onto the MAC target (calibrate.py; --no-calibrate-macs keeps
+    the official rule). Frozen thresholds would not freeze the MACs: the sparsity loss keeps lowering
+    saliencies, and a 2-epoch run drifted from 52.8% to 58.8% reduction in its fine-tune epoch.
+    """
+    span = cfg.epochs - cfg.fine_tune_epochs
+    means: list = []
+    out = {"remain_rate": update_thresholds(model, min(epoch, span - 1), span, target, means_out=means)}
+    if cfg.calibrate_macs and epoch >= span - 1:
+        # training rows that --limit-train left out where there are any (data.py); else training instances,
+        # which the sparsity loss has made sparser than unseen ones (docs/fidelity.md)
+        held = getattr(loader, "held_out", None)
+        out["calibration"] = calibrate(model, held or loader, means, out["remain_rate"], target_macs,
+                                       cfg.calibration_instances, model.input_size, epoch=cfg.epochs + epoch)
+        out["calibration"]["sample"] = "held-out training rows" if held else "training instances"
+    out["thresholds"] = model.thresholds()
+    return out
+
+
+def mac_target(realized_pct: float, target_pct: float) -> dict:
+    """The run's MAC reduction against its target: miss in pp and whether it is within TOLERANCE_PT."""
+    miss = realized_pct - target_pct
+    return {"target_reduction_pct": target_pct, "reduction_miss_pt": miss, "on_target": abs(miss) <= TOLERANCE_PT}
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: ResNet, loader, instances: int, cfg: TrainConfig) -> dict:
+    """Recompute every BatchNorm's running mean and variance as the plain average over ``instances``
+    training instances of the network with its final masks (train-mode forward, no step): the
+    statistics were collected under the masks of earlier thresholds. Gate statistics are untouched."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None                    # cumulative average over the batches below
+    model.train()
+    loader.set_epoch(cfg.epochs + 1)
+    n = 0
+    for x, _ in loader:
+        model(_prepare(x, cfg))
+        n += x.shape[0]
+        if n >= instances:
+            break
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    reset_statistics(model)
+    return {"instances": n}
 
 
 def _save(path, model, optimizer, scheduler, epoch, history, reference_loss, cfg, info) -> None:

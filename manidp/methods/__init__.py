@@ -57,7 +57,7 @@ __all__ = ["METHODS", "PRUNING", "Method", "build_for_checkpoint", "checkpoint_m
 # ManiDP's own options on the command line (cli.py), by LossOptions field; all default to LossOptions().
 _MANIDP_FLAGS = {"lambda_sparse": "--lambda-sparse", "lambda_sim": "--lambda-sim", "gamma": "--gamma",
                  "complexity_scale": "--complexity-scale", "detach_weight": "--no-detach-weight",
-                 "complexity_weighting": "--no-complexity-weighting"}
+                 "complexity_weighting": "--no-complexity-weighting", "detach_features": "--detach-features"}
 
 
 def method_options_from_args(args, name: str) -> dict:

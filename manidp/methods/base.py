@@ -79,6 +79,12 @@ class Method:
     def target(self, model: ResNet, cfg) -> float | None:
         return None
 
+    def planned_macs(self, model: ResNet, rate: float) -> int:
+        """Backbone MACs a remain rate stands for (the MAC target of a ``--remain-rate`` run): every
+        gate keeping ceil(rate * C) channels."""
+        from ..macs import uniform_keep_macs
+        return uniform_keep_macs(model, rate)
+
     def deployable(self, model: ResNet) -> ResNet:
         """The network whose accuracy and MACs are reported (default: the trained one)."""
         return model

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ManidpError
-from ..macs import remain_rate_for_reduction
+from ..macs import keep_plan, remain_rate_for_reduction
 from ..models import ResNet, build_model
 from ..models.gate import global_pool, init_saliency_fc
 from ..schedule import remain_rate
@@ -148,6 +148,12 @@ class FBS(Method):
     def start_epoch(self, model: ResNet, epoch: int, cfg, target) -> dict:
         density = remain_rate(epoch, cfg.epochs, target)
         set_density(model, density)
+        if epoch == cfg.epochs - 1 and cfg.target_reduction is not None:
+            # the last epoch at the target: per-gate k nearest the MAC target (macs.keep_plan), each set as
+            # the gate's density k / C, so the final network is on target within a fraction of a pp
+            for g, k in zip(fbs_gates(model), keep_plan(model, cfg.target_reduction, model.input_size)):
+                g.density.fill_(k / g.c_out)
+            return {"density": density, "kept_channels": [g.k for g in fbs_gates(model)]}
         return {"density": density}
 
     def loss(self, model: ResNet, logits: torch.Tensor, targets: torch.Tensor, cfg):

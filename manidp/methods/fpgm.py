@@ -80,6 +80,9 @@ class FPGM(Method):
             model, cfg.target_reduction, model.input_size,
             cost=lambda r: inner_pruned_macs(model, planned_widths(model, r), model.input_size))
 
+    def planned_macs(self, model: ResNet, rate: float) -> int:
+        return inner_pruned_macs(model, planned_widths(model, rate), model.input_size)
+
     def begin(self, model: ResNet, cfg, target) -> None:
         soft_prune(model, target)
 

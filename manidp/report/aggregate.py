@@ -55,6 +55,9 @@ def run_row(spec: dict, result: dict) -> dict:
         "gate_pct": 100.0 * float(m.get("gate_macs", 0.0)) / dense if dense else math.nan,
         "reduction_pct": float(m["reduction_pct"]),
         "target_reduction": spec.get("target_reduction"),
+        "epochs": result.get("epochs"),
+        # False when the realized reduction misses the run's own target by more than the tolerance
+        "on_target": result.get("on_target"), "reduction_miss_pt": result.get("reduction_miss_pt"),
         "data_source": result.get("data_source", ""),
         "eval_json": str(spec["eval"]),
     }
@@ -92,8 +95,10 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             values = g[metric].astype(float)
             row[f"{metric}_mean"] = float(values.mean())
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-        for col in ("dense_macs", "gate_macs", "target_reduction"):
-            row[col] = g[col].iloc[0]
+        for col in ("dense_macs", "gate_macs", "target_reduction", "epochs"):
+            row[col] = g[col].iloc[0] if col in g else None
+        flags = [bool(v) for v in g.get("on_target", pd.Series(dtype=object)) if isinstance(v, bool)]
+        row["on_target"] = all(flags) if flags else None    # None: no target (baselines, older evals)
         row["data_source"] = "; ".join(sorted(set(str(s) for s in g["data_source"])))
         out.append(row)
     return pd.DataFrame(out)

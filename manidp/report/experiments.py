@@ -14,6 +14,8 @@ Columns (tab-separated; ``#`` starts a comment line; empty cells take the defaul
 ``method``            a key of the config's ``methods`` (manidp, fbs, fpgm, an ablation...); empty: manidp
 ``seeds``             the seeds of this row, comma-separated (``0,1,2``); empty: the config's ``seeds``.
                       A study gives its headline rows more seeds than its sweep points.
+``epochs``            this row's pruning budget in epochs; empty: the config's ``manidp.<dataset>.epochs``.
+                      A study compares methods at several budgets (one point per budget).
 
 Every problem is one line naming the file, the row and the column.
 """
@@ -33,7 +35,7 @@ from . import published as pub
 ARCHS = {"cifar10": ("resnet20", "resnet32", "resnet56", "resnet110"),
          "imagenet": ("resnet18", "resnet34")}
 COLUMNS = ("dataset", "arch", "point", "published", "target_reduction", "lambda_sparse", "lambda_sim", "method",
-           "seeds")
+           "seeds", "epochs")
 REQUIRED = ("dataset", "arch", "point", "published")
 DEFAULT_METHOD = "manidp"
 
@@ -49,6 +51,7 @@ class Experiment:
     lambda_sim: float | None = None
     method: str = DEFAULT_METHOD      # a key of the config's ``methods``
     seeds: tuple[int, ...] | None = None  # None: the config's seeds
+    epochs: int | None = None         # None: the config's manidp.<dataset>.epochs
 
     @property
     def variant(self) -> str:
@@ -108,10 +111,18 @@ def load(path: str | Path, published: pd.DataFrame, methods=None) -> list[Experi
         out.append(Experiment(ds, arch, point, method, target,
                               _number(row.get("lambda_sparse", ""), where, "lambda_sparse"),
                               _number(row.get("lambda_sim", ""), where, "lambda_sim"), name,
-                              _seeds(row.get("seeds", ""), where)))
+                              _seeds(row.get("seeds", ""), where), _epochs(row.get("epochs", ""), where)))
     if not out:
         raise ManidpError(f"{path}: lists no experiment")
     return out
+
+
+def _epochs(text, where: str) -> int | None:
+    if text is None or text == "":
+        return None
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
+        raise ManidpError(f"{where}: epochs {text!r} must be a whole number of epochs >= 1 (column epochs)")
+    return int(text)
 
 
 def _seeds(text, where: str) -> tuple[int, ...] | None:

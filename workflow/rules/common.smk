@@ -170,7 +170,7 @@ def cli_options(options):
     words = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
-        if key in ("detach_weight", "complexity_weighting"):  # on by default; the CLI has --no-...
+        if key in ("detach_weight", "complexity_weighting", "calibrate_macs"):  # on by default; the CLI has --no-...
             if not value:
                 words.append(f"--no-{key.replace('_', '-')}")
         elif isinstance(value, bool):
@@ -194,7 +194,7 @@ def baseline_options(wildcards):
 
 # ManiDP's own options in config manidp.<dataset> (losses, schedule): not passed to the other methods.
 MANIDP_LOSS_KEYS = ("lambda_sparse", "lambda_sim", "gamma", "complexity_scale", "detach_weight", "complexity_weighting",
-                    "fine_tune_epochs")
+                    "fine_tune_epochs", "calibrate_macs", "calibration_instances", "detach_features")
 
 
 def method_name(wildcards):
@@ -215,6 +215,8 @@ def manidp_options(wildcards):
         opts["lambda_sparse"] = x.lambda_sparse
     if x.lambda_sim is not None:
         opts["lambda_sim"] = x.lambda_sim
+    if x.epochs is not None:
+        opts["epochs"] = x.epochs
     opts["target_reduction"] = x.target_reduction
     return cli_options({**opts, **common_options(wildcards.dataset)})
 

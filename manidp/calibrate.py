@@ -1,0 +1,130 @@
+"""MAC calibration of ManiDP's thresholds: the mean per-instance MACs on target (docs/fidelity.md).
+
+The official rule (``schedule.update_thresholds``) sets each gate's threshold to the k-th largest
+epoch-mean saliency, k = ceil(r * C). That fixes the rank of the mean saliency, not the MACs an
+instance costs: instances keep more or fewer than k channels, and layers differ in cost, so runs
+ended 4-15 percentage points away from the MAC reduction they were given.
+
+Calibration keeps the rule's shape (every gate ranks its channels by epoch-mean saliency, one
+threshold per layer) and moves all gates together: the threshold of gate l sits at rank position
+s * k_l in its sorted channel means, interpolated between adjacent means, and one scale s is
+bisected until the mean backbone MACs of a fixed sample of training instances (eval mode, the
+network's own masks) equal the target. s = 1 is the official threshold. Off with
+``--no-calibrate-macs``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import distributed
+from .macs import InstanceCounter, kept_counts
+from .models import ResNet
+from .models.gate import Gate
+
+from .tolerance import MAC_TOLERANCE_PT as TOLERANCE_PT  # noqa: F401 (re-exported for train.py)
+STEPS = 30              # bisection steps on the scale s (the MAC curve is a staircase: 30 is plenty)
+
+
+def rank_threshold(sorted_means: torch.Tensor, position: float) -> torch.Tensor:
+    """Threshold at a fractional rank ``position`` in [1, C] of descending channel means.
+
+    An integer position k gives the k-th largest mean (the official rule); between k and k + 1
+    the threshold moves linearly from the k-th to the (k+1)-th mean.
+    """
+    c = sorted_means.numel()
+    p = min(max(position, 1.0), float(c))
+    j = int(math.floor(p))
+    frac = p - j
+    if j >= c or frac == 0.0:
+        return sorted_means[j - 1]
+    return sorted_means[j - 1] + frac * (sorted_means[j] - sorted_means[j - 1])
+
+
+class Calibrator:
+    """Bisects the rank scale s of every gate's threshold until mean backbone MACs hit a target.
+
+    ``means``: per-gate channel-mean saliencies (the statistics the official rule reads);
+    ``rate``: the remain rate r whose k = ceil(r * C) the official rule uses.
+    """
+
+    def __init__(self, model: ResNet, batches: list[torch.Tensor], means: list[torch.Tensor], rate: float,
+                 input_size: int | None = None):
+        self.model, self.batches, self.rate = model, batches, rate
+        self.gates = [g for g in model.gates() if isinstance(g, Gate)]
+        self.sorted = [m.sort(descending=True).values for m in means]
+        self.k = [max(1, math.ceil(rate * g.c_out - 1e-9)) for g in self.gates]
+        self.counter = InstanceCounter(model, input_size)
+
+    def set_scale(self, s: float) -> None:
+        for g, means, k in zip(self.gates, self.sorted, self.k):
+            g.threshold.copy_(rank_threshold(means, s * k).to(g.threshold))
+
+    @torch.no_grad()
+    def mean_macs(self, s: float) -> float:
+        """Mean backbone MACs of the sample at scale s (over all processes under torchrun)."""
+        self.set_scale(s)
+        was = self.model.training
+        self.model.eval()
+        total, n = 0.0, 0
+        for x in self.batches:
+            self.model(x)
+            total += float(self.counter.count(kept_counts(self.model)).double().sum())
+            n += x.shape[0]
+        self.model.train(was)
+        total, n = distributed.sum_over_processes([total, n])
+        return total / max(n, 1)
+
+    def run(self, target_macs: float) -> dict:
+        """Set the thresholds at the scale whose mean MACs are nearest ``target_macs``; return a record."""
+        s_max = max(g.c_out / k for g, k in zip(self.gates, self.k))     # every channel open
+        lo, hi = 1.0 / max(self.k), s_max              # lo: one channel per gate; hi: all open
+        m_lo, m_hi = self.mean_macs(lo), self.mean_macs(hi)
+        official = self.mean_macs(1.0)
+        best = min(((abs(m - target_macs), s, m) for s, m in ((lo, m_lo), (hi, m_hi), (1.0, official))))
+        if official > target_macs:
+            hi, m_hi = 1.0, official
+        else:
+            lo, m_lo = 1.0, official
+        for _ in range(STEPS):
+            if m_lo > target_macs or m_hi < target_macs:     # target outside what scaling reaches
+                break
+            mid = (lo + hi) / 2
+            m = self.mean_macs(mid)
+            best = min(best, (abs(m - target_macs), mid, m))
+            if m > target_macs:
+                hi, m_hi = mid, m
+            else:
+                lo, m_lo = mid, m
+            if abs(m - target_macs) <= 5e-4 * self.counter.dense:   # 0.05 pp: the sample mean is not finer
+                break
+        _, scale, macs = best
+        self.set_scale(scale)
+        dense = self.counter.dense
+        return {"scale": scale, "rate": self.rate, "instances": int(sum(b.shape[0] for b in self.batches)),
+                "official_reduction_pct": 100.0 * (1 - official / dense),
+                "calibrated_reduction_pct": 100.0 * (1 - macs / dense),
+                "target_reduction_pct": 100.0 * (1 - target_macs / dense)}
+
+
+def sample_batches(loader, instances: int, epoch: int = 0) -> list[torch.Tensor]:
+    """The first ``instances`` inputs of ``loader``'s epoch ``epoch`` (its shuffle and augmentation),
+    kept in memory so every bisection step sees the same instances. Under torchrun each process
+    keeps its shard's part."""
+    loader.set_epoch(epoch)
+    out, n = [], 0
+    for x, _ in loader:
+        out.append(x)
+        n += x.shape[0]
+        if n >= instances // max(distributed.size(), 1):
+            break
+    return out
+
+
+def calibrate(model: ResNet, loader, means: list[torch.Tensor], rate: float, target_macs: float,
+              instances: int, input_size: int | None = None, epoch: int = 0) -> dict:
+    """Calibrate ``model``'s thresholds in place (see the module docstring); return the record that
+    goes into the epoch's history."""
+    batches = sample_batches(loader, instances, epoch)
+    return Calibrator(model, batches, means, rate, input_size).run(target_macs)
