@@ -16,10 +16,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..tolerance import MAC_TOLERANCE_PT  # noqa: E402
 from . import published as pub  # noqa: E402
 from .plots import _panels, _title  # noqa: E402
 
-COLUMNS = ("dataset", "arch", "method", "point", "published", "n", "seeds", "target_reduction",
+COLUMNS = ("dataset", "arch", "method", "point", "published", "n", "seeds", "epochs", "target_reduction", "on_target",
            "top1_mean", "top1_std", "top1_best", "top1_change_mean", "top1_change_std",
            "macs_mean_m", "reduction_pct_mean", "reduction_pct_std")
 
@@ -43,7 +44,9 @@ def method_table(runs: pd.DataFrame) -> pd.DataFrame:
             "dataset": dataset, "arch": arch, "method": method, "point": point or "",
             "published": g["published"].iloc[0] if "published" in g else "", "n": len(g),
             "seeds": " ".join(str(r) for r in g["run"]),
+            "epochs": _first(g, "epochs"),
             "target_reduction": float(g["target_reduction"].iloc[0] or 0.0),
+            "on_target": _on_target(g),
             "top1_mean": float(top1.mean()), "top1_std": _std(top1), "top1_best": float(top1.max()),
             "top1_change_mean": float(g["change"].mean()), "top1_change_std": _std(g["change"]),
             "macs_mean_m": float(g["macs_mean"].astype(float).mean()) / 1e6,
@@ -51,6 +54,20 @@ def method_table(runs: pd.DataFrame) -> pd.DataFrame:
             "reduction_pct_std": _std(g["reduction_pct"].astype(float)),
         })
     return pd.DataFrame(out, columns=list(COLUMNS))
+
+
+def _first(g: pd.DataFrame, col: str):
+    if col not in g or pd.isna(g[col].iloc[0]):
+        return None
+    return int(g[col].iloc[0])
+
+
+def _on_target(g: pd.DataFrame):
+    """False if any seed missed its MAC target by more than the tolerance; None without targets."""
+    if "on_target" not in g:
+        return None
+    flags = [str(v).lower() == "true" for v in g["on_target"] if str(v).lower() in ("true", "false")]
+    return all(flags) if flags else None
 
 
 def _pm(mean: float, std: float, digits: int = 2) -> str:
@@ -70,15 +87,20 @@ def method_table_md(table: pd.DataFrame, title: str, label: str = "", smoke: boo
               "MACs: conv+FC multiply-accumulates per instance, mean over the test set.", ""]
     for arch, g in table.groupby("arch", sort=False):
         lines += [f"*{pub.model_name(arch)}*", "",
-                  "| method | point | target MAC ↓ (%) | n | top-1 (%) | best of n | change (pt) | MACs (M) | MAC ↓ (%) |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| method | point | epochs | target MAC ↓ (%) | n | top-1 (%) | best of n | change (pt) | MACs (M) | MAC ↓ (%) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for _, r in g.iterrows():
             target = "-" if r["method"] == "baseline" else f"{r['target_reduction']:.1f}"
             change = "-" if r["method"] == "baseline" else _pm(r["top1_change_mean"], r["top1_change_std"])
-            lines.append(f"| {r['method']} | {r['point'] or '-'} | {target} | {r['n']} | "
+            off = " (**off target**)" if r.get("on_target") is False else ""
+            epochs = "-" if r.get("epochs") is None or pd.isna(r.get("epochs")) else int(r["epochs"])
+            lines.append(f"| {r['method']} | {r['point'] or '-'} | {epochs} | {target} | {r['n']} | "
                          f"{_pm(r['top1_mean'], r['top1_std'])} | {r['top1_best']:.2f} | {change} | "
-                         f"{r['macs_mean_m']:.2f} | {_pm(r['reduction_pct_mean'], r['reduction_pct_std'], 1)} |")
+                         f"{r['macs_mean_m']:.2f} | {_pm(r['reduction_pct_mean'], r['reduction_pct_std'], 1)}{off} |")
         lines.append("")
+        if (g["on_target"] == False).any():  # noqa: E712 (pandas object column)
+            lines += [f"Off target: the realized MAC reduction misses the row's target by more than "
+                      f"{MAC_TOLERANCE_PT} pp, so it is not an equal-MAC comparison.", ""]
     return "\n".join(lines)
 
 
@@ -118,5 +140,57 @@ def method_curves(runs: pd.DataFrame, published: pd.DataFrame, dataset: str, lab
         ax.legend(fontsize=6, loc="lower right")
     fig.suptitle(_title(f"{pub.DATASET_NAMES[dataset]}: methods, top-1 vs MACs (bars: std over seeds; "
                         f"hollow: published)", label, smoke), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+BUDGET_METHODS = ("manidp", "fbs", "fpgm")
+
+
+def budget_curves(runs: pd.DataFrame, dataset: str, label: str = "", smoke: bool = False):
+    """Left: top-1 against pruning epochs for ManiDP, FBS and FPGM (mean ± std over seeds, every seed
+    a faint dot; dashed: the dense baseline). Right: every method and variant at one budget (the one
+    with most rows) as horizontal bars, labelled with their MAC reduction (off-target ones marked)."""
+    runs = runs[runs["dataset"] == dataset].assign(method=lambda d: d["variant"].map(method_of))
+    runs = runs.assign(top1=runs["top1"].astype(float))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.1, 1]})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    base = runs[runs["method"] == "baseline"]
+    if not base.empty:
+        ax.axhline(base["top1"].mean(), color="black", linestyle="--", linewidth=1,
+                   label=f"dense baseline ({base['top1'].mean():.1f}%)")
+    pruned = runs[(runs["method"] != "baseline") & runs["epochs"].notna()]
+    for i, method in enumerate(m for m in BUDGET_METHODS if m in set(pruned["method"])):
+        g = pruned[pruned["method"] == method].assign(epochs=lambda d: d["epochs"].astype(int))
+        ax.plot(g["epochs"], g["top1"], linestyle="none", marker="o", markersize=3, alpha=0.3, color=colours[i])
+        pts = g.groupby("epochs").agg(top1=("top1", "mean"), std=("top1", "std"), n=("top1", "size"))
+        ax.errorbar(pts.index, pts["top1"], yerr=pts["std"].fillna(0.0), marker="o", color=colours[i], capsize=3,
+                    label=f"{method} (n={'/'.join(str(n) for n in pts['n'])})")
+    ax.set_xscale("log")
+    ticks = sorted(set(pruned["epochs"].dropna().astype(int)))
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("pruning epochs (log scale)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("top-1 against pruning budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if not pruned.empty:
+        budget = int(pruned["epochs"].astype(int).value_counts().idxmax())
+        at = pruned[pruned["epochs"].astype(int) == budget].groupby("method", sort=False).agg(
+            top1=("top1", "mean"), red=("reduction_pct", "mean"),
+            off=("on_target", lambda v: any(str(x).lower() == "false" for x in v)))
+        at = at.sort_values("top1")
+        y = range(len(at))
+        bx.barh(list(y), at["top1"], color=[colours[BUDGET_METHODS.index(m)] if m in BUDGET_METHODS else "0.6"
+                                            for m in at.index])
+        bx.set_yticks(list(y), list(at.index), fontsize=7)
+        for yi, (_, r) in zip(y, at.iterrows()):
+            bx.text(r["top1"] + 0.5, yi, f"{r['top1']:.1f}% @ {r['red']:.1f}% MAC ↓" + (" (off target)" if r["off"] else ""),
+                    va="center", fontsize=6)
+        bx.set_xlim(0, max(100.0, float(at["top1"].max()) + 25))
+        bx.set_xlabel("top-1 accuracy (%)")
+        bx.set_title(f"every method and variant at {budget} pruning epochs", fontsize=9)
+        bx.grid(alpha=0.3, axis="x")
+    fig.suptitle(_title(f"{pub.DATASET_NAMES[dataset]}: pruning budget", label, smoke), fontsize=9)
     fig.tight_layout()
     return fig

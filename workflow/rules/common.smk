@@ -261,7 +261,7 @@ def table_targets(dataset):
     return [f"{TABLES}/{dataset}.tex", f"{TABLES}/{dataset}.md"]
 
 
-PLOTS = ("top1_vs_macs", "macs_histogram", "keep_rates", "methods")
+PLOTS = ("top1_vs_macs", "macs_histogram", "keep_rates", "methods", "budget")
 
 
 def all_targets():

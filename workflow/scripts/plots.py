@@ -18,6 +18,7 @@ def main():
         "macs_histogram": plots.macs_histogram(pruned, dataset, label, smoke),
         "keep_rates": plots.keep_rates(pruned, dataset, label, smoke),
         "methods": study.method_curves(runs, published.load(sm.input.published), dataset, label, smoke),
+        "budget": study.budget_curves(runs, dataset, label, smoke),
     }
     for name, fig in figures.items():
         plots.save(fig, Path(sm.output[f"{name}_png"]).with_suffix(""))
