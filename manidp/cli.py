@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the last K epochs at the target remain rate: the cosine schedule reaches it after "
                         "epoch E-K instead of after the last epoch, whose thresholds are then never trained with "
                         "(default: %(default)s, the official schedule; short runs need K >= 1)")
+    g.add_argument("--first-threshold-epoch", type=int, default=0, metavar="E",
+                   help="set the thresholds first after 0-based epoch E (default: %(default)s, after every epoch; the "
+                        "official code: 1, so its first two epochs train with every gate open)")
     g.add_argument("--no-calibrate-macs", dest="calibrate_macs", action="store_false",
                    help="keep the official threshold rule (k-th largest epoch-mean saliency) when the schedule reaches "
                         "the target; by default those thresholds are bisected onto the MAC target (manidp/calibrate.py)")
@@ -187,6 +190,7 @@ def _train_config(args: argparse.Namespace, method: str):
         remain_rate=getattr(args, "remain_rate", None), target_reduction=getattr(args, "target_reduction", None),
         gate_init=getattr(args, "gate_init", "zero"), losses=losses, method_options=method_options,
         fine_tune_epochs=getattr(args, "fine_tune_epochs", 0) if method == "manidp" else 0,
+        first_threshold_epoch=getattr(args, "first_threshold_epoch", 0) if method == "manidp" else 0,
         calibrate_macs=getattr(args, "calibrate_macs", True), calibration_instances=getattr(args, "calibration_instances", 2048),
         bn_reestimate=getattr(args, "bn_reestimate", 0))
 

@@ -80,6 +80,7 @@ class TrainConfig:
     target_reduction: float | None = None  # target MAC reduction in %, turned into t by macs.remain_rate_for_reduction
     gate_init: str = "zero"           # FC2 weights of fresh gates: zero (ours) or kaiming (official); see models/gate.py
     fine_tune_epochs: int = 0         # ManiDP: last epochs trained at the target remain rate (0: official schedule)
+    first_threshold_epoch: int = 0    # ManiDP: thresholds are first set after this 0-based epoch (official code: 1)
     calibrate_macs: bool = True       # ManiDP: bisect the target thresholds onto the MAC target (manidp/calibrate.py); False: official rule
     calibration_instances: int = 2048 # ManiDP: training instances the calibration measures MACs on
     bn_reestimate: int = 0            # pruning methods: after the last epoch, re-estimate BatchNorm statistics on N training instances (0: off)
@@ -100,6 +101,9 @@ class TrainConfig:
             raise ManidpError(f"--calibration-instances must be >= 1 (got {self.calibration_instances})")
         if self.bn_reestimate < 0:
             raise ManidpError(f"--bn-reestimate must be >= 0 instances, 0 for off (got {self.bn_reestimate})")
+        if not 0 <= self.first_threshold_epoch < self.epochs - self.fine_tune_epochs:
+            raise ManidpError(f"--first-threshold-epoch must be >= 0 and before the epoch that reaches the target "
+                              f"({self.epochs - self.fine_tune_epochs - 1}) (got {self.first_threshold_epoch})")
         if not 0 <= self.fine_tune_epochs < self.epochs:
             raise ManidpError(f"--fine-tune-epochs must be >= 0 and smaller than --epochs {self.epochs} "
                               f"(got {self.fine_tune_epochs}): the schedule needs at least one epoch")
@@ -118,7 +122,7 @@ class TrainConfig:
 # Options whose change makes a checkpoint meaningless for resuming; the rest (device, workers...) may change.
 _RESUME_KEYS = ("method", "arch", "dataset", "epochs", "batch_size", "lr", "momentum", "nesterov",
                 "weight_decay", "grad_clip", "seed", "limit_train", "remain_rate", "target_reduction", "losses", "image_size",
-                "gate_init", "method_options", "fine_tune_epochs", "calibrate_macs", "calibration_instances",
+                "gate_init", "method_options", "fine_tune_epochs", "first_threshold_epoch", "calibrate_macs", "calibration_instances",
                 "bn_reestimate")
 
 
@@ -383,6 +387,9 @@ def _set_thresholds(model: ResNet, epoch: int, cfg: TrainConfig, target: float, 
     saliencies, and a 2-epoch run drifted from 52.8% to 58.8% reduction in its fine-tune epoch.
     """
     span = cfg.epochs - cfg.fine_tune_epochs
+    if epoch < cfg.first_threshold_epoch:        # the official code sets none after epoch 0 (main.py: epoch >= 1)
+        reset_statistics(model)
+        return {"remain_rate": 1.0, "thresholds": model.thresholds()}
     means: list = []
     out = {"remain_rate": update_thresholds(model, min(epoch, span - 1), span, target, means_out=means)}
     if cfg.calibrate_macs and epoch >= span - 1:
@@ -418,12 +425,12 @@ def reestimate_batchnorm(model: ResNet, loader, instances: int, cfg: TrainConfig
     for x, _ in loader:
         model(_prepare(x, cfg))
         n += x.shape[0]
-        if n >= instances:
+        if n >= instances // distributed.size():     # under torchrun each process sees its shard
             break
     for m, mom in zip(bns, saved):
         m.momentum = mom
     reset_statistics(model)
-    return {"instances": n}
+    return {"instances": int(distributed.sum_over_processes([n])[0])}
 
 
 def _save(path, model, optimizer, scheduler, epoch, history, reference_loss, cfg, info) -> None:

@@ -194,7 +194,7 @@ def baseline_options(wildcards):
 
 # ManiDP's own options in config manidp.<dataset> (losses, schedule): not passed to the other methods.
 MANIDP_LOSS_KEYS = ("lambda_sparse", "lambda_sim", "gamma", "complexity_scale", "detach_weight", "complexity_weighting",
-                    "fine_tune_epochs", "calibrate_macs", "calibration_instances", "detach_features")
+                    "fine_tune_epochs", "first_threshold_epoch", "calibrate_macs", "calibration_instances", "detach_features")
 
 
 def method_name(wildcards):
