@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-calibrate-macs", dest="calibrate_macs", action="store_false",
                    help="keep the official threshold rule (k-th largest epoch-mean saliency) when the schedule reaches "
                         "the target; by default those thresholds are bisected onto the MAC target (manidp/calibrate.py)")
-    g.add_argument("--calibration-instances", type=int, default=2048,
+    g.add_argument("--calibration-instances", type=int, default=1024,
                    help="training instances the MAC calibration measures on (default: %(default)s)")
     p.add_argument("--bn-reestimate", type=int, default=0, metavar="N",
                    help="after the last epoch, re-estimate BatchNorm statistics with the final masks on N training "
@@ -191,7 +191,7 @@ def _train_config(args: argparse.Namespace, method: str):
         gate_init=getattr(args, "gate_init", "zero"), losses=losses, method_options=method_options,
         fine_tune_epochs=getattr(args, "fine_tune_epochs", 0) if method == "manidp" else 0,
         first_threshold_epoch=getattr(args, "first_threshold_epoch", 0) if method == "manidp" else 0,
-        calibrate_macs=getattr(args, "calibrate_macs", True), calibration_instances=getattr(args, "calibration_instances", 2048),
+        calibrate_macs=getattr(args, "calibrate_macs", True), calibration_instances=getattr(args, "calibration_instances", 1024),
         bn_reestimate=getattr(args, "bn_reestimate", 0))
 
 

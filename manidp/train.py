@@ -82,7 +82,7 @@ class TrainConfig:
     fine_tune_epochs: int = 0         # ManiDP: last epochs trained at the target remain rate (0: official schedule)
     first_threshold_epoch: int = 0    # ManiDP: thresholds are first set after this 0-based epoch (official code: 1)
     calibrate_macs: bool = True       # ManiDP: bisect the target thresholds onto the MAC target (manidp/calibrate.py); False: official rule
-    calibration_instances: int = 2048 # ManiDP: training instances the calibration measures MACs on
+    calibration_instances: int = 1024 # ManiDP: training instances the calibration measures MACs on
     bn_reestimate: int = 0            # pruning methods: after the last epoch, re-estimate BatchNorm statistics on N training instances (0: off)
     losses: LossOptions = field(default_factory=LossOptions)   # ManiDP's loss options
     method_options: dict = field(default_factory=dict)        # the other methods' own options, e.g. {"lambda_l1": 1e-8}
@@ -101,12 +101,12 @@ class TrainConfig:
             raise ManidpError(f"--calibration-instances must be >= 1 (got {self.calibration_instances})")
         if self.bn_reestimate < 0:
             raise ManidpError(f"--bn-reestimate must be >= 0 instances, 0 for off (got {self.bn_reestimate})")
-        if not 0 <= self.first_threshold_epoch < self.epochs - self.fine_tune_epochs:
-            raise ManidpError(f"--first-threshold-epoch must be >= 0 and before the epoch that reaches the target "
-                              f"({self.epochs - self.fine_tune_epochs - 1}) (got {self.first_threshold_epoch})")
         if not 0 <= self.fine_tune_epochs < self.epochs:
             raise ManidpError(f"--fine-tune-epochs must be >= 0 and smaller than --epochs {self.epochs} "
                               f"(got {self.fine_tune_epochs}): the schedule needs at least one epoch")
+        if not 0 <= self.first_threshold_epoch < self.epochs - self.fine_tune_epochs:
+            raise ManidpError(f"--first-threshold-epoch must be >= 0 and before the epoch that reaches the target "
+                              f"({self.epochs - self.fine_tune_epochs - 1}) (got {self.first_threshold_epoch})")
         method = get_method(self.method)
         if not self.out:
             raise ManidpError("--out is required: the run folder for checkpoint and metrics")

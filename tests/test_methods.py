@@ -315,16 +315,15 @@ def test_experiment_rows_name_a_configured_method(tmp_path):
 
 
 def test_cpu_study_dag_dry_run(tmp_path):
-    """config/cpu_study.yaml: ManiDP, FBS and FPGM at 2, 6 and 20 pruning epochs (the row's epochs
-    column; ManiDP and FBS at 20 with three seeds, one baseline per seed), and the fidelity hypotheses
-    as ManiDP variants at 6 epochs, as one target."""
+    """config/cpu_study.yaml: one baseline, ManiDP, FBS and FPGM at 2, 6 and 20 pruning epochs (the
+    row's epochs column), and the fidelity hypotheses as ManiDP variants at 6 epochs, as one target."""
     from test_pipeline import job_counts, make_workdir, snakemake
     workdir = make_workdir(tmp_path / "wf")
     r = snakemake(workdir, "-n", "-p", "--configfile", "config/cpu_study.yaml", timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     counts = job_counts(r.stdout)
     assert {k: counts.get(k) for k in ("train_baseline", "prune", "measure", "table", "method_table")} == \
-        {"train_baseline": 3, "prune": 3 * 3 + 9 + 2 * 2, "measure": 3 + 22, "table": 1, "method_table": 1}
+        {"train_baseline": 1, "prune": 3 * 3 + 9, "measure": 1 + 18, "table": 1, "method_table": 1}
     for method in ("manidp", "fbs", "fpgm"):
         for epochs in (2, 6, 20):
             folder = f"results/cpu_study/cifar10/resnet20/{method}-e{epochs}/seed0"
@@ -332,5 +331,5 @@ def test_cpu_study_dag_dry_run(tmp_path):
             assert f"--method {method} " in line and f"--epochs {epochs} " in line
     line = next(x for x in r.stdout.splitlines() if "official-e6/seed0 " in x and "manidp prune" in x)
     assert "--no-calibrate-macs" in line and "--fine-tune-epochs 0" in line
-    assert "manidp-e20/seed2" in r.stdout and "fbs-e20/seed1" in r.stdout and "fpgm-e20/seed1" not in r.stdout
+    assert "seed1" not in r.stdout
     assert "--detach-features" in next(x for x in r.stdout.splitlines() if "detfeat-e6/seed0 " in x and "prune" in x)

@@ -31,7 +31,7 @@ def baseline(cifar_mini, tmp_path_factory):
 def manidp_cfg(data, baseline_dir, out, **kw) -> TrainConfig:
     base = dict(FAST, method="manidp", data=str(data), out=str(out), epochs=2,
                 baseline=str(Path(baseline_dir) / "checkpoint.pt"), remain_rate=0.5,
-                losses=LossOptions(lambda_sparse=0.1, lambda_sim=0.1))
+                losses=LossOptions(lambda_sparse=0.1, lambda_sim=0.1), calibration_instances=256)
     base.update(kw)
     return TrainConfig(**base)
 
