@@ -169,6 +169,7 @@ def budget_curves(runs: pd.DataFrame, dataset: str, label: str = "", smoke: bool
     ax.set_xscale("log")
     ticks = sorted(set(pruned["epochs"].dropna().astype(int)))
     ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("pruning epochs (log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("top-1 against pruning budget")
