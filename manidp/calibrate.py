@@ -9,8 +9,13 @@ Calibration keeps the rule's shape (every gate ranks its channels by epoch-mean 
 threshold per layer) and moves all gates together: the threshold of gate l sits at rank position
 s * k_l in its sorted channel means, interpolated between adjacent means, and one scale s is
 bisected until the mean backbone MACs of a fixed sample of training instances (eval mode, the
-network's own masks) equal the target. s = 1 is the official threshold. Off with
-``--no-calibrate-macs``.
+network's own masks) equal the target (searched by safeguarded false position). s = 1 is the
+official threshold. Off with ``--no-calibrate-macs``. The sample is training rows that
+``--limit-train`` left out where there are any: training instances themselves have been made sparser
+by the sparsity loss than unseen ones.
+
+Also here, the other two steps that put a finished network on its final masks: the on-target check
+(:func:`mac_target`) and BatchNorm re-estimation at the final masks (:func:`reestimate_batchnorm`).
 """
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ from . import distributed
 from .macs import InstanceCounter, kept_counts
 from .models import ResNet
 from .models.gate import Gate
+from .schedule import reset_statistics
 
-from .tolerance import MAC_TOLERANCE_PT as TOLERANCE_PT  # noqa: F401 (re-exported for train.py)
+from .tolerance import MAC_TOLERANCE_PT as TOLERANCE_PT
 STEPS = 30              # bisection steps on the scale s (the MAC curve is a staircase: 30 is plenty)
 
 
@@ -133,3 +139,34 @@ def calibrate(model: ResNet, loader, means: list[torch.Tensor], rate: float, tar
     goes into the epoch's history."""
     batches = sample_batches(loader, instances, epoch)
     return Calibrator(model, batches, means, rate, input_size).run(target_macs)
+
+
+def mac_target(realized_pct: float, target_pct: float) -> dict:
+    """The run's MAC reduction against its target: miss in pp and whether it is within TOLERANCE_PT."""
+    miss = realized_pct - target_pct
+    return {"target_reduction_pct": target_pct, "reduction_miss_pt": miss, "on_target": abs(miss) <= TOLERANCE_PT}
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: ResNet, loader, instances: int, epoch: int, channels_last: bool = False) -> dict:
+    """Recompute every BatchNorm's running mean and variance as the plain average over ``instances``
+    training instances of the network with its final masks (train-mode forward, no step): the
+    statistics were collected under the masks of earlier thresholds. ``epoch`` picks the loader's
+    shuffle and augmentation. Gate statistics are reset afterwards."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None                    # cumulative average over the batches below
+    model.train()
+    loader.set_epoch(epoch)
+    n = 0
+    for x, _ in loader:
+        model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+        n += x.shape[0]
+        if n >= instances // distributed.size():     # under torchrun each process sees its shard
+            break
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    reset_statistics(model)
+    return {"instances": int(distributed.sum_over_processes([n])[0])}

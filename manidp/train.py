@@ -37,7 +37,7 @@ from . import distributed
 from .errors import ManidpError
 from .evaluate import _amp_dtype, evaluate
 from .io import write_json, write_text
-from .calibrate import TOLERANCE_PT, calibrate
+from .calibrate import TOLERANCE_PT, calibrate, mac_target, reestimate_batchnorm
 from .gate_stats import GateStats, term_grad_norms
 from .losses import LossOptions, loss_terms, manidp_loss
 from .macs import dense_macs
@@ -346,7 +346,8 @@ def _run(cfg: TrainConfig, world: distributed.World, stop_after_epoch: int | Non
             record.update(_set_thresholds(model, epoch, cfg, target, target_macs, train_loader))
             reference_loss = stats["train_ce"]     # next epoch's complexity reference
         if epoch + 1 == cfg.epochs and cfg.bn_reestimate and method.prunes:
-            record["bn_reestimate"] = reestimate_batchnorm(model, train_loader, cfg.bn_reestimate, cfg)
+            record["bn_reestimate"] = reestimate_batchnorm(model, train_loader, cfg.bn_reestimate,
+                                                           epoch=cfg.epochs + 1, channels_last=cfg.channels_last)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             ev = evaluate(method.deployable(model), test_loader, device, amp=cfg.amp, channels_last=cfg.channels_last,
                           input_size=model.input_size, show_progress=show_progress, desc="test")
@@ -401,36 +402,6 @@ def _set_thresholds(model: ResNet, epoch: int, cfg: TrainConfig, target: float, 
         out["calibration"]["sample"] = "held-out training rows" if held else "training instances"
     out["thresholds"] = model.thresholds()
     return out
-
-
-def mac_target(realized_pct: float, target_pct: float) -> dict:
-    """The run's MAC reduction against its target: miss in pp and whether it is within TOLERANCE_PT."""
-    miss = realized_pct - target_pct
-    return {"target_reduction_pct": target_pct, "reduction_miss_pt": miss, "on_target": abs(miss) <= TOLERANCE_PT}
-
-
-@torch.no_grad()
-def reestimate_batchnorm(model: ResNet, loader, instances: int, cfg: TrainConfig) -> dict:
-    """Recompute every BatchNorm's running mean and variance as the plain average over ``instances``
-    training instances of the network with its final masks (train-mode forward, no step): the
-    statistics were collected under the masks of earlier thresholds. Gate statistics are untouched."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None                    # cumulative average over the batches below
-    model.train()
-    loader.set_epoch(cfg.epochs + 1)
-    n = 0
-    for x, _ in loader:
-        model(_prepare(x, cfg))
-        n += x.shape[0]
-        if n >= instances // distributed.size():     # under torchrun each process sees its shard
-            break
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    reset_statistics(model)
-    return {"instances": int(distributed.sum_over_processes([n])[0])}
 
 
 def _save(path, model, optimizer, scheduler, epoch, history, reference_loss, cfg, info) -> None:

@@ -15,7 +15,8 @@ from manidp.macs import InstanceCounter, keep_plan, remain_rate_for_reduction, u
 from manidp.models import build_model
 from manidp.report import compare
 from manidp.schedule import kth_largest_threshold
-from manidp.train import TrainConfig, mac_target, reestimate_batchnorm, run
+from manidp.calibrate import mac_target, reestimate_batchnorm
+from manidp.train import TrainConfig, run
 
 from test_report import _summary, pub  # noqa: F401 (pub is a fixture)
 
@@ -97,7 +98,7 @@ def test_bn_reestimate_is_the_plain_mean_over_the_instances(cifar_mini):
     train, _, _ = build_loaders("cifar10", cifar_mini, 50, device="cpu", seed=0, limit_train=100, limit_test=10)
     model = _dynamic_model()
     cfg = TrainConfig(epochs=1, out="x")
-    reestimate_batchnorm(model, train, 100, cfg)
+    reestimate_batchnorm(model, train, 100, epoch=cfg.epochs + 1)
     train.set_epoch(cfg.epochs + 1)
     xs = torch.cat([x for x, _ in train])
     with torch.no_grad():

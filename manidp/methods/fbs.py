@@ -28,6 +28,8 @@ How it maps onto this project, and why:
   keeps ceil(d C)). FBS's authors fine-tune at density 1 and then lower it step by step; we lower
   it once per epoch along ManiDP's cosine remain-rate curve, d(e) = r(e) of ``schedule.remain_rate``,
   so the last epoch trains at the target d and both methods prune at the same pace and budget.
+  With a MAC target, the last epoch keeps the per-gate k of ``macs.keep_plan`` instead (set as each
+  gate's density k / C): a uniform k = ceil(d C) missed 54.2% by 1.6 pp on ResNet-20.
 * Lasso weight lambda: ``--lambda-l1``, default 1e-8 (the FBS paper's value as we recall it: not
   checked against the paper's text in this project; their public configs switch it off), on every saliency of
   every gate (the paper's formula; FBS's TensorFlow code penalises only the kept ones).
