@@ -8,7 +8,7 @@ ended 4-15 percentage points away from the MAC reduction they were given.
 Calibration keeps the rule's shape (every gate ranks its channels by epoch-mean saliency, one
 threshold per layer) and moves all gates together: the threshold of gate l sits at rank position
 s * k_l in its sorted channel means, interpolated between adjacent means, and one scale s is
-bisected until the mean backbone MACs of a fixed sample of training instances (eval mode, the
+searched until the mean backbone MACs of a fixed sample of training instances (eval mode, the
 network's own masks) equal the target (searched by safeguarded false position). s = 1 is the
 official threshold. Off with ``--no-calibrate-macs``. The sample is training rows that
 ``--limit-train`` left out where there are any: training instances themselves have been made sparser
@@ -24,13 +24,13 @@ import math
 import torch
 
 from . import distributed
-from .macs import InstanceCounter, kept_counts
+from .macs import InstanceCounter, kept_channels, kept_counts
 from .models import ResNet
 from .models.gate import Gate
 from .schedule import reset_statistics
-
 from .tolerance import MAC_TOLERANCE_PT as TOLERANCE_PT
-STEPS = 30              # bisection steps on the scale s (the MAC curve is a staircase: 30 is plenty)
+
+STEPS = 30              # at most this many search steps on the scale s (about 5-10 are used)
 
 
 def rank_threshold(sorted_means: torch.Tensor, position: float) -> torch.Tensor:
@@ -49,7 +49,7 @@ def rank_threshold(sorted_means: torch.Tensor, position: float) -> torch.Tensor:
 
 
 class Calibrator:
-    """Bisects the rank scale s of every gate's threshold until mean backbone MACs hit a target.
+    """Searches the rank scale s of every gate's threshold until mean backbone MACs hit a target.
 
     ``means``: per-gate channel-mean saliencies (the statistics the official rule reads);
     ``rate``: the remain rate r whose k = ceil(r * C) the official rule uses.
@@ -60,7 +60,7 @@ class Calibrator:
         self.model, self.batches, self.rate = model, batches, rate
         self.gates = [g for g in model.gates() if isinstance(g, Gate)]
         self.sorted = [m.sort(descending=True).values for m in means]
-        self.k = [max(1, math.ceil(rate * g.c_out - 1e-9)) for g in self.gates]
+        self.k = [kept_channels(rate, g.c_out) for g in self.gates]
         self.counter = InstanceCounter(model, input_size)
 
     def set_scale(self, s: float) -> None:
@@ -90,14 +90,13 @@ class Calibrator:
         least 10% of the bracket from either end), which needs about half the forward passes of
         bisection on these nearly linear curves, and stops within 0.05 pp.
         """
-        s_max = max(g.c_out / k for g, k in zip(self.gates, self.k))     # every rank position at C
-        lo, hi = 1.0 / max(self.k), s_max              # lo: one channel per gate; hi: the lowest mean
         official = self.mean_macs(1.0)
-        m_lo, m_hi = (self.mean_macs(lo), official) if official > target_macs else (official, self.mean_macs(hi))
-        if official <= target_macs:
-            lo = 1.0
-        else:
-            hi = 1.0
+        if official > target_macs:      # too many MACs: search down to one channel per gate
+            lo, hi = 1.0 / max(self.k), 1.0
+            m_lo, m_hi = self.mean_macs(lo), official
+        else:                           # too few: search up to every threshold at the lowest mean
+            lo, hi = 1.0, max(g.c_out / k for g, k in zip(self.gates, self.k))
+            m_lo, m_hi = official, self.mean_macs(hi)
         best = min((abs(m - target_macs), s, m) for s, m in ((lo, m_lo), (hi, m_hi)))
         for _ in range(STEPS):
             if m_lo > target_macs or m_hi < target_macs or best[0] <= 5e-4 * self.counter.dense:
@@ -119,18 +118,21 @@ class Calibrator:
                 "target_reduction_pct": 100.0 * (1 - target_macs / dense)}
 
 
-def sample_batches(loader, instances: int, epoch: int = 0) -> list[torch.Tensor]:
-    """The first ``instances`` inputs of ``loader``'s epoch ``epoch`` (its shuffle and augmentation),
-    kept in memory so every bisection step sees the same instances. Under torchrun each process
-    keeps its shard's part."""
+def first_batches(loader, instances: int, epoch: int):
+    """Yield the input batches of ``loader``'s epoch ``epoch`` (its shuffle and augmentation) until
+    ``instances`` are seen over all processes (under torchrun each process yields its shard's part)."""
     loader.set_epoch(epoch)
-    out, n = [], 0
+    n = 0
     for x, _ in loader:
-        out.append(x)
+        yield x
         n += x.shape[0]
-        if n >= instances // max(distributed.size(), 1):
-            break
-    return out
+        if n >= instances // distributed.size():
+            return
+
+
+def sample_batches(loader, instances: int, epoch: int = 0) -> list[torch.Tensor]:
+    """:func:`first_batches` kept in memory, so every search step sees the same instances."""
+    return list(first_batches(loader, instances, epoch))
 
 
 def calibrate(model: ResNet, loader, means: list[torch.Tensor], rate: float, target_macs: float,
@@ -159,13 +161,10 @@ def reestimate_batchnorm(model: ResNet, loader, instances: int, epoch: int, chan
         m.reset_running_stats()
         m.momentum = None                    # cumulative average over the batches below
     model.train()
-    loader.set_epoch(epoch)
     n = 0
-    for x, _ in loader:
+    for x in first_batches(loader, instances, epoch):
         model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
         n += x.shape[0]
-        if n >= instances // distributed.size():     # under torchrun each process sees its shard
-            break
     for m, mom in zip(bns, saved):
         m.momentum = mom
     reset_statistics(model)

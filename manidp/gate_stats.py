@@ -26,33 +26,38 @@ from .models.gate import Gate
 
 
 class GateStats:
+    """The accumulators live on the model's device and are read once, by :meth:`summary`: a training
+    step adds a few reductions per gate and never waits for the device."""
+
     def __init__(self, model: ResNet):
         gates = model.gates()
         self.names = model.gate_names()
         self.thresholds = [float(g.threshold) if isinstance(g, Gate) else None for g in gates]
-        self.sum = [torch.zeros(g.c_out, dtype=torch.float64) for g in gates]
-        self.sq = [torch.zeros(g.c_out, dtype=torch.float64) for g in gates]
-        self.kept_sal = torch.zeros(len(gates), dtype=torch.float64)
-        self.kept_n = torch.zeros(len(gates), dtype=torch.float64)
-        self.frac_sum = torch.zeros(len(gates), dtype=torch.float64)
-        self.frac_min = torch.full((len(gates),), math.inf, dtype=torch.float64)
-        self.frac_max = torch.full((len(gates),), -math.inf, dtype=torch.float64)
+        dev = next(model.parameters()).device
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=dev)  # noqa: E731
+        self.sum = [zeros(g.c_out) for g in gates]
+        self.sq = [zeros(g.c_out) for g in gates]
+        self.kept_sal, self.kept_n, self.frac_sum = zeros(len(gates)), zeros(len(gates)), zeros(len(gates))
+        self.frac_min = torch.full((len(gates),), math.inf, dtype=torch.float64, device=dev)
+        self.frac_max = torch.full((len(gates),), -math.inf, dtype=torch.float64, device=dev)
         self.n = 0
 
     @torch.no_grad()
     def update(self, model: ResNet) -> None:
-        for i, g in enumerate(model.gates()):
-            s = g.saliency.detach().double().cpu()
-            keep = g.keep.detach().cpu()
+        gates = model.gates()
+        for i, g in enumerate(gates):
+            s = g.saliency.detach().double()
+            keep = g.keep.detach()
             self.sum[i] += s.sum(0)
             self.sq[i] += (s * s).sum(0)
-            self.kept_sal[i] += float((s * keep).sum())
-            self.kept_n[i] += float(keep.sum())
+            self.kept_sal[i] += (s * keep).sum()
+            self.kept_n[i] += keep.sum()
             frac = keep.double().mean(1)
-            self.frac_sum[i] += float(frac.sum())
-            self.frac_min[i] = min(float(self.frac_min[i]), float(frac.min()))
-            self.frac_max[i] = max(float(self.frac_max[i]), float(frac.max()))
-        self.n += int(model.gates()[0].saliency.shape[0]) if model.gates() else 0
+            self.frac_sum[i] += frac.sum()
+            self.frac_min[i] = torch.minimum(self.frac_min[i], frac.min())
+            self.frac_max[i] = torch.maximum(self.frac_max[i], frac.max())
+        if gates:
+            self.n += gates[0].saliency.shape[0]
 
     def _reduce(self) -> None:
         if distributed.size() == 1:
@@ -70,6 +75,9 @@ class GateStats:
         self._reduce()
         if self.n == 0:
             return []
+        self.sum, self.sq = [t.cpu() for t in self.sum], [t.cpu() for t in self.sq]
+        self.kept_sal, self.kept_n, self.frac_sum, self.frac_min, self.frac_max = (
+            t.cpu() for t in (self.kept_sal, self.kept_n, self.frac_sum, self.frac_min, self.frac_max))
         out = []
         for i, name in enumerate(self.names):
             mean_c = self.sum[i] / self.n

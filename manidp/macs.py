@@ -175,6 +175,12 @@ class MacMeter:
         }
 
 
+def kept_channels(rate: float, channels: int) -> int:
+    """k = ceil(rate * C), at least 1: how many of C channels a remain rate keeps (the schedule's k,
+    FBS's top-k, FPGM's kept filters, the calibration's rank)."""
+    return max(1, math.ceil(rate * channels - 1e-9))
+
+
 def uniform_keep_macs(model: ResNet, remain_rate: float, input_size: int | None = None) -> int:
     """Backbone MACs when every gate keeps ceil(remain_rate * C) channels (the schedule's k)."""
     counter = InstanceCounter(model, input_size)
@@ -251,7 +257,7 @@ def keep_plan(model: ResNet, target_reduction_pct: float, input_size: int | None
     counter = InstanceCounter(model, input_size)
     widths = [g.c_out for g in model.gates()]
     rate = remain_rate_for_reduction(model, target_reduction_pct, input_size)
-    ks = [max(1, math.ceil(rate * c - 1e-9)) for c in widths]
+    ks = [kept_channels(rate, c) for c in widths]
     miss = lambda k: abs(100.0 * (1 - int(counter.count(torch.tensor([k]))[0]) / counter.dense)  # noqa: E731
                          - target_reduction_pct)
     best = miss(ks)

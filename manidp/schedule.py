@@ -13,6 +13,7 @@ import torch
 
 from . import distributed
 from .errors import ManidpError
+from .macs import kept_channels
 from .models import ResNet
 
 
@@ -29,7 +30,7 @@ def check_remain_rate(target: float, option: str = "--remain-rate") -> None:
 
 def kth_largest_threshold(mean_saliency: torch.Tensor, rate: float) -> torch.Tensor:
     """The k-th largest value of ``mean_saliency`` with k = ceil(rate * C) (at least 1)."""
-    k = max(1, math.ceil(rate * mean_saliency.numel() - 1e-9))
+    k = kept_channels(rate, mean_saliency.numel())
     return torch.topk(mean_saliency, k).values[-1]
 
 

@@ -24,19 +24,13 @@ run measured it.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from ..errors import ManidpError
+from ..macs import kept_channels  # noqa: F401 (re-exported: methods.kept_channels)
 from ..models import ResNet, build_model
 from ..schedule import check_remain_rate
-
-
-def kept_channels(rate: float, channels: int) -> int:
-    """k = ceil(rate * C), at least 1: how many of C channels a remain rate keeps (as the schedule's k)."""
-    return max(1, math.ceil(rate * channels - 1e-9))
 
 
 class Method:

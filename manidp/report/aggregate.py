@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import ManidpError
@@ -63,6 +64,13 @@ def run_row(spec: dict, result: dict) -> dict:
     }
 
 
+def all_on_target(values) -> bool | None:
+    """False if any run missed its MAC target by more than the tolerance, True if all hit it, None
+    when none had a target (baselines, older eval JSONs; NaN once read back from a CSV)."""
+    flags = [bool(v) for v in values if isinstance(v, (bool, np.bool_))]
+    return all(flags) if flags else None
+
+
 def collect(specs: list[dict]) -> pd.DataFrame:
     """``runs.csv``: read every run's eval JSON; add the gap to its own baseline."""
     rows = [run_row(s, read_eval(s["eval"])) for s in specs]
@@ -97,8 +105,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
         for col in ("dense_macs", "gate_macs", "target_reduction", "epochs"):
             row[col] = g[col].iloc[0] if col in g else None
-        flags = [bool(v) for v in g.get("on_target", pd.Series(dtype=object)) if isinstance(v, bool)]
-        row["on_target"] = all(flags) if flags else None    # None: no target (baselines, older evals)
+        row["on_target"] = all_on_target(g["on_target"])
         row["data_source"] = "; ".join(sorted(set(str(s) for s in g["data_source"])))
         out.append(row)
     return pd.DataFrame(out)

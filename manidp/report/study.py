@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 
 from ..tolerance import MAC_TOLERANCE_PT  # noqa: E402
 from . import published as pub  # noqa: E402
+from .aggregate import all_on_target  # noqa: E402
 from .plots import _panels, _title  # noqa: E402
 
 COLUMNS = ("dataset", "arch", "method", "point", "published", "n", "seeds", "epochs", "target_reduction", "on_target",
@@ -46,7 +47,7 @@ def method_table(runs: pd.DataFrame) -> pd.DataFrame:
             "seeds": " ".join(str(r) for r in g["run"]),
             "epochs": _first(g, "epochs"),
             "target_reduction": float(g["target_reduction"].iloc[0] or 0.0),
-            "on_target": _on_target(g),
+            "on_target": all_on_target(g["on_target"]) if "on_target" in g else None,
             "top1_mean": float(top1.mean()), "top1_std": _std(top1), "top1_best": float(top1.max()),
             "top1_change_mean": float(g["change"].mean()), "top1_change_std": _std(g["change"]),
             "macs_mean_m": float(g["macs_mean"].astype(float).mean()) / 1e6,
@@ -60,14 +61,6 @@ def _first(g: pd.DataFrame, col: str):
     if col not in g or pd.isna(g[col].iloc[0]):
         return None
     return int(g[col].iloc[0])
-
-
-def _on_target(g: pd.DataFrame):
-    """False if any seed missed its MAC target by more than the tolerance; None without targets."""
-    if "on_target" not in g:
-        return None
-    flags = [str(v).lower() == "true" for v in g["on_target"] if str(v).lower() in ("true", "false")]
-    return all(flags) if flags else None
 
 
 def _pm(mean: float, std: float, digits: int = 2) -> str:
@@ -160,14 +153,15 @@ def budget_curves(runs: pd.DataFrame, dataset: str, label: str = "", smoke: bool
         ax.axhline(base["top1"].mean(), color="black", linestyle="--", linewidth=1,
                    label=f"dense baseline ({base['top1'].mean():.1f}%)")
     pruned = runs[(runs["method"] != "baseline") & runs["epochs"].notna()]
+    pruned = pruned.assign(epochs=pruned["epochs"].astype(int))
     for i, method in enumerate(m for m in BUDGET_METHODS if m in set(pruned["method"])):
-        g = pruned[pruned["method"] == method].assign(epochs=lambda d: d["epochs"].astype(int))
+        g = pruned[pruned["method"] == method]
         ax.plot(g["epochs"], g["top1"], linestyle="none", marker="o", markersize=3, alpha=0.3, color=colours[i])
         pts = g.groupby("epochs").agg(top1=("top1", "mean"), std=("top1", "std"), n=("top1", "size"))
         ax.errorbar(pts.index, pts["top1"], yerr=pts["std"].fillna(0.0), marker="o", color=colours[i], capsize=3,
                     label=f"{method} (n={'/'.join(str(n) for n in pts['n'])})")
     ax.set_xscale("log")
-    ticks = sorted(set(pruned["epochs"].dropna().astype(int)))
+    ticks = sorted(set(pruned["epochs"]))
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("pruning epochs (log scale)")
@@ -176,10 +170,10 @@ def budget_curves(runs: pd.DataFrame, dataset: str, label: str = "", smoke: bool
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     if not pruned.empty:
-        budget = int(pruned["epochs"].astype(int).value_counts().idxmax())
-        at = pruned[pruned["epochs"].astype(int) == budget].groupby("method", sort=False).agg(
+        budget = int(pruned["epochs"].value_counts().idxmax())
+        at = pruned[pruned["epochs"] == budget].groupby("method", sort=False).agg(
             top1=("top1", "mean"), red=("reduction_pct", "mean"),
-            off=("on_target", lambda v: any(str(x).lower() == "false" for x in v)))
+            off=("on_target", lambda v: all_on_target(v) is False))
         at = at.sort_values("top1")
         y = range(len(at))
         bx.barh(list(y), at["top1"], color=[colours[BUDGET_METHODS.index(m)] if m in BUDGET_METHODS else "0.6"
