@@ -4,7 +4,8 @@
 #   snakemake --cores 8 paper_tables/imagenet.tex      # Table 1 (ImageNet ResNet-18/34, ManiDP-A/B)
 #   snakemake --cores 8                                # both, with comparisons and plots
 #   snakemake --cores 2 --configfile config/smoke.yaml # the smoke run (results/smoke/...)
-#   snakemake --report report.html                     # tables, comparison and plots in one page
+#   snakemake --report report.html                     # after a run: tables, comparisons and plots in one page
+#   snakemake --report report.html --configfile config/smoke.yaml     # the same for the smoke run
 #
 # Data flow (docs/pipeline.md): check_data -> train_baseline | import_torchvision -> prune ->
 # measure -> aggregate -> compare, table, plots.
@@ -24,6 +25,7 @@ include: "workflow/rules/prune.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/report.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -37,6 +39,8 @@ localrules:
     table,
     method_table,
     plots,
+    report_pages,
+    report_summary,
 
 
 rule all:

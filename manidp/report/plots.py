@@ -35,11 +35,46 @@ def save(fig, stem: str | Path, formats=FORMATS) -> list[Path]:
 
 
 def _title(text: str, label: str, smoke: bool) -> str:
-    return f"{text} — SMOKE RUN ({label}): not comparable" if smoke else text
+    """A short-budget run (``smoke: true``) says so, by its budget: the smoke config (label
+    ``smoke``) is a SMOKE RUN, any other one (the CPU study) is named by its label."""
+    if not smoke:
+        return text
+    budget = "SMOKE RUN (pipeline check)" if label in ("", "smoke") else label
+    return f"{text}\n{budget}: short budget, not comparable with the published numbers"
 
 
-def _panels(n: int, width: float = 4.2, height: float = 3.6):
-    cols = min(max(n, 1), 3)
+def label_column(ax, points: list[tuple[float, float]], texts: list[str], colours: list | None = None,
+                 fontsize: float = 6.5) -> list:
+    """Label the points of ``ax`` in a column right of the axes, each joined to its point by a
+    leader line. The labels are placed in the order of their points' y and at least one text line
+    apart, so they cannot overlap each other, the data, or labels of other panels stacked in one
+    column. Call it once the axes' limits and the figure's layout are final."""
+    if not points:
+        return []
+    fig = ax.figure
+    fig.canvas.draw()                                    # final axes position and limits
+    to_axes = ax.transData + ax.transAxes.inverted()
+    height_pt = ax.get_position().height * fig.get_figheight() * 72
+    step = fontsize * 1.7 / height_pt                    # one text line and a gap, in axes fraction
+    order = sorted(range(len(points)), key=lambda i: to_axes.transform(points[i])[1])
+    placed: list[float] = []
+    for i in order:
+        y = float(to_axes.transform(points[i])[1])
+        placed.append(max(y, placed[-1] + step) if placed else y)
+    shift = max(0.0, placed[-1] - 1.0)                   # keep the column within the axes' height
+    placed = [y - min(shift, max(0.0, placed[0])) for y in placed]
+    colours = colours or ["black"] * len(points)
+    out = []
+    for i, y in zip(order, placed):
+        out.append(ax.annotate(texts[i], xy=points[i], xycoords="data", xytext=(1.03, y),
+                               textcoords="axes fraction", ha="left", va="center", fontsize=fontsize,
+                               color=colours[i], annotation_clip=False,
+                               arrowprops=dict(arrowstyle="-", color="0.6", linewidth=0.5, shrinkA=0, shrinkB=3)))
+    return out
+
+
+def _panels(n: int, width: float = 4.2, height: float = 3.6, max_cols: int = 3):
+    cols = min(max(n, 1), max_cols)
     rows = math.ceil(max(n, 1) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     flat = list(axes.flat)
@@ -53,46 +88,62 @@ def _empty(fig, ax, message: str):
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
 
 
+STYLES = {"baseline": dict(marker="s", color="black"), "ManiDP": dict(marker="*", color="tab:red", markersize=11),
+          "dynamic": dict(marker="^", color="tab:blue"), "static": dict(marker="o", color="tab:gray"),
+          "ours": dict(marker="D", color="tab:green")}
+LEGEND = (("baseline", "baseline (published)"), ("static", "static pruning (published)"),
+          ("dynamic", "dynamic pruning (published)"), ("ManiDP", "ManiDP (published)"), ("ours", "ours, regenerated"))
+
+
+def _style(r) -> str:
+    if r["method"] == pub.BASELINE:
+        return "baseline"
+    if r["method"].startswith("ManiDP"):
+        return "ManiDP"
+    return "dynamic" if r["dynamic"] == "yes" else "static"
+
+
 def top1_vs_macs(summary: pd.DataFrame, published: pd.DataFrame, dataset: str, label: str = "",
                  smoke: bool = False):
+    """One panel per architecture (stacked, so that each panel's label column has the width beside
+    it): every published method of the table and ours, labelled in a column with leader lines; the
+    legend above the panels, outside every axes."""
     table = pub.rows(published, dataset)
     archs = list(dict.fromkeys(table["arch"]))
-    fig, axes = _panels(len(archs))
+    fig, axes = _panels(len(archs), width=6.0, height=3.4, max_cols=1)
+    labels = []
     for ax, arch in zip(axes, archs):
-        rows = table[table["arch"] == arch]
-        for _, r in rows.iterrows():
+        points, texts, colours = [], [], []
+        for _, r in table[table["arch"] == arch].iterrows():
             x, y = 100.0 - r["flops_reduction_pct"], 100.0 - r["top1_err"]
-            if r["method"] == pub.BASELINE:
-                style = dict(marker="s", color="black")
-            elif r["method"].startswith("ManiDP"):
-                style = dict(marker="*", color="tab:red", markersize=11)
-            elif r["dynamic"] == "yes":
-                style = dict(marker="^", color="tab:blue")
-            else:
-                style = dict(marker="o", color="tab:gray")
+            style = STYLES[_style(r)]
             ax.plot([x], [y], linestyle="none", **style)
-            ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            points.append((x, y))
+            texts.append(r["method"])
+            colours.append(style["color"])
         ours = summary[(summary["dataset"] == dataset) & (summary["arch"] == arch)]
         for _, s in ours.iterrows():
             x = 100.0 - s["reduction_pct_mean"]
             y = 100.0 - s["top1_err_mean"]
             xerr = s["reduction_pct_std"] if pd.notna(s["reduction_pct_std"]) else None
             yerr = s["top1_err_std"] if pd.notna(s["top1_err_std"]) else None
-            ax.errorbar([x], [y], xerr=xerr, yerr=yerr, marker="D", color="tab:green", capsize=3,
-                        linestyle="none")
-            ax.annotate(f"{s['published'] or s['variant']} (ours, n={int(s['n'])})", (x, y), textcoords="offset points",
-                        xytext=(4, -10), fontsize=7, color="tab:green")
-        ax.set_title(pub.model_name(arch))
+            ax.errorbar([x], [y], xerr=xerr, yerr=yerr, capsize=3, linestyle="none", **STYLES["ours"])
+            points.append((x, y))
+            texts.append(f"{s['published'] or s['variant']} (ours, {s['point'] or 'dense'}, n={int(s['n'])})")
+            colours.append(STYLES["ours"]["color"])
+        ax.set_title(pub.model_name(arch), fontsize=10)
         ax.set_xlabel("MACs kept (% of dense conv+FC)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], marker=m, color=c, linestyle="none", label=t) for m, c, t in (
-        ("s", "black", "baseline (published)"), ("o", "tab:gray", "static pruning (published)"),
-        ("^", "tab:blue", "dynamic pruning (published)"), ("*", "tab:red", "ManiDP (published)"),
-        ("D", "tab:green", "ours, regenerated"))]
-    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, bbox_to_anchor=(0.5, -0.04))
+        ax.margins(x=0.08, y=0.08)
+        labels.append((ax, points, texts, colours))
+    handles = [plt.Line2D([], [], linestyle="none", label=text, **{**STYLES[key], "markersize": 7})
+               for key, text in LEGEND]
     fig.suptitle(_title(f"{pub.DATASET_NAMES[dataset]}: top-1 vs MACs", label, smoke), fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.72, 0.90))
+    fig.legend(handles=handles, loc="upper center", ncol=3, fontsize=7, bbox_to_anchor=(0.4, 0.935))
+    for ax, points, texts, colours in labels:
+        label_column(ax, points, texts, colours)
     return fig
 
 

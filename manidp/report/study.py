@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 from ..tolerance import MAC_TOLERANCE_PT  # noqa: E402
 from . import published as pub  # noqa: E402
 from .aggregate import all_on_target  # noqa: E402
-from .plots import _panels, _title  # noqa: E402
+from .plots import _panels, _title, label_column  # noqa: E402
 
 COLUMNS = ("dataset", "arch", "method", "point", "published", "n", "seeds", "epochs", "target_reduction", "on_target",
            "top1_mean", "top1_std", "top1_best", "top1_change_mean", "top1_change_std",
@@ -106,10 +106,12 @@ def method_curves(runs: pd.DataFrame, published: pd.DataFrame, dataset: str, lab
     runs = runs.assign(kept=100.0 - runs["reduction_pct"].astype(float), top1=runs["top1"].astype(float))
     archs = list(dict.fromkeys(runs["arch"]))
     table = pub.rows(published, dataset)
-    fig, axes = _panels(len(archs), width=5.5, height=4.2)
+    fig, axes = _panels(len(archs), width=6.0, height=4.2, max_cols=1)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = []
     for ax, arch in zip(axes, archs):
         mine = runs[runs["arch"] == arch]
+        points, texts, text_colours = [], [], []
         for i, (method, g) in enumerate(mine.groupby("method", sort=False)):
             colour = "black" if method == "baseline" else colours[i % len(colours)]
             marker = "s" if method == "baseline" else "o"
@@ -122,18 +124,28 @@ def method_curves(runs: pd.DataFrame, published: pd.DataFrame, dataset: str, lab
             for name in names:
                 ref = table[(table["arch"] == arch) & (table["method"] == name)]
                 for _, r in ref.iterrows():
-                    ax.plot([100.0 - r["flops_reduction_pct"]], [100.0 - r["top1_err"]], marker=marker,
-                            markersize=8, markerfacecolor="none", color=colour, linestyle="none")
-                    ax.annotate(f"{name} (published)", (100.0 - r["flops_reduction_pct"], 100.0 - r["top1_err"]),
-                                textcoords="offset points", xytext=(4, 3), fontsize=6, color=colour)
-        ax.set_title(pub.model_name(arch))
+                    xy = (100.0 - r["flops_reduction_pct"], 100.0 - r["top1_err"])
+                    ax.plot([xy[0]], [xy[1]], marker=marker, markersize=8, markerfacecolor="none", color=colour,
+                            linestyle="none")
+                    points.append(xy)
+                    texts.append(f"{name} (published)")
+                    text_colours.append(colour)
+        ax.set_title(pub.model_name(arch), fontsize=10)
         ax.set_xlabel("MACs kept (% of dense conv+FC)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right")
+        ax.margins(x=0.08, y=0.08)
+        labels.append((ax, points, texts, text_colours))
     fig.suptitle(_title(f"{pub.DATASET_NAMES[dataset]}: methods, top-1 vs MACs (bars: std over seeds; "
                         f"hollow: published)", label, smoke), fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.62, 0.95))
+    for ax, points, texts, text_colours in labels:
+        placed = label_column(ax, points, texts, text_colours)
+        fig.canvas.draw()
+        # the legend right of the label column, outside the axes: it hides no point and no label
+        right = max([a.get_window_extent().x1 for a in placed], default=ax.bbox.x1)
+        x = ax.transAxes.inverted().transform((right, 0.0))[0] + 0.04
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(x, 1.0), borderaxespad=0.0)
     return fig
 
 
@@ -168,7 +180,7 @@ def budget_curves(runs: pd.DataFrame, dataset: str, label: str = "", smoke: bool
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("top-1 against pruning budget")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)   # outside: hides no point
     if not pruned.empty:
         budget = int(pruned["epochs"].value_counts().idxmax())
         at = pruned[pruned["epochs"] == budget].groupby("method", sort=False).agg(

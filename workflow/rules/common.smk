@@ -271,4 +271,4 @@ def all_targets():
         out += [f"{RESULTS}/{ds}/comparison.csv", f"{RESULTS}/{ds}/comparison.md"]
         out += [f"{RESULTS}/{ds}/methods.csv", f"{RESULTS}/{ds}/methods.md"]
         out += [f"{RESULTS}/{ds}/plots/{p}.{ext}" for p in PLOTS for ext in ("png", "pdf")]
-    return out
+    return out + report_targets()      # the report's pages (workflow/rules/report.smk)

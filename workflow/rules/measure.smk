@@ -28,10 +28,8 @@ rule aggregate:
     input:
         eval_files,
     output:
-        runs=report(f"{RESULTS}/{{dataset}}/runs.csv", caption="../report/runs.rst",
-                    category="Measurements", subcategory="{dataset}"),
-        summary=report(f"{RESULTS}/{{dataset}}/summary.csv", caption="../report/summary.rst",
-                       category="Measurements", subcategory="{dataset}"),
+        runs=f"{RESULTS}/{{dataset}}/runs.csv",
+        summary=f"{RESULTS}/{{dataset}}/summary.csv",
     params:
         specs=lambda wc: run_specs(wc.dataset),
     log:

@@ -2,6 +2,11 @@
 # every method's top-1 vs MACs curve with seed spread and its published point (methods).
 
 
+PLOT_NAMES = {"top1_vs_macs": "top-1 vs MACs, published and ours", "macs_histogram": "per-instance MACs",
+              "keep_rates": "per-layer keep rates", "methods": "methods, top-1 vs MACs",
+              "budget": "top-1 against pruning budget"}
+
+
 rule plots:
     input:
         summary=f"{RESULTS}/{{dataset}}/summary.csv",
@@ -10,7 +15,9 @@ rule plots:
         published=config["published"],
     output:
         **{f"{p}_{ext}": (report(f"{RESULTS}/{{dataset}}/plots/{p}.{ext}", caption=f"../report/{p}.rst",
-                                 category="Plots", subcategory="{dataset}")
+                                 category="Plots", subcategory=lambda wc: pub.DATASET_NAMES[wc.dataset],
+                                 labels=lambda wc, p=p: {"dataset": pub.DATASET_NAMES[wc.dataset],
+                                                         "plot": PLOT_NAMES[p]})
                           if ext == "png" else f"{RESULTS}/{{dataset}}/plots/{p}.{ext}")
            for p in PLOTS for ext in ("png", "pdf")},
     params:

@@ -7,10 +7,8 @@ rule compare:
         summary=f"{RESULTS}/{{dataset}}/summary.csv",
         published=config["published"],
     output:
-        csv=report(f"{RESULTS}/{{dataset}}/comparison.csv", caption="../report/comparison.rst",
-                   category="Comparison", subcategory="{dataset}"),
-        md=report(f"{RESULTS}/{{dataset}}/comparison.md", caption="../report/comparison.rst",
-                  category="Comparison", subcategory="{dataset}"),
+        csv=f"{RESULTS}/{{dataset}}/comparison.csv",
+        md=f"{RESULTS}/{{dataset}}/comparison.md",
     params:
         label=LABEL,
         smoke=SMOKE,
@@ -29,10 +27,8 @@ rule table:
         templates=lambda wc: [f"{config['templates']}/base.tex.j2", f"{config['templates']}/{wc.dataset}.tex.j2",
                               f"{config['templates']}/base.md.j2", f"{config['templates']}/{wc.dataset}.md.j2"],
     output:
-        tex=report(f"{TABLES}/{{dataset}}.tex", caption="../report/table.rst",
-                   category="Tables", subcategory="{dataset}"),
-        md=report(f"{TABLES}/{{dataset}}.md", caption="../report/table.rst",
-                  category="Tables", subcategory="{dataset}"),
+        tex=f"{TABLES}/{{dataset}}.tex",
+        md=f"{TABLES}/{{dataset}}.md",
     params:
         templates=config["templates"],
         label=LABEL,
@@ -49,10 +45,8 @@ rule method_table:
     input:
         runs=f"{RESULTS}/{{dataset}}/runs.csv",
     output:
-        csv=report(f"{RESULTS}/{{dataset}}/methods.csv", caption="../report/methods.rst",
-                   category="Comparison", subcategory="{dataset}"),
-        md=report(f"{RESULTS}/{{dataset}}/methods.md", caption="../report/methods.rst",
-                  category="Comparison", subcategory="{dataset}"),
+        csv=f"{RESULTS}/{{dataset}}/methods.csv",
+        md=f"{RESULTS}/{{dataset}}/methods.md",
     params:
         label=LABEL,
         smoke=SMOKE,
