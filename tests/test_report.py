@@ -199,11 +199,89 @@ def test_tables_mark_our_rows_and_keep_printed_values(pub, dataset):
     ctx = tables.table_context(dataset, pub, summary, label="full")
     tex = tables.render(TEMPLATES, dataset, "tex", ctx)
     md = tables.render(TEMPLATES, dataset, "md", ctx)
-    assert "(ours, regenerated)$^\\dagger$ (n=3)" in tex and "(ours, regenerated) †** (n=3)" in md
+    assert "(ours)$^\\dagger$ (n=3)" in tex and "(ours, regenerated) †** (n=3)" in md
     assert "8.12$\\pm$0.25" in tex and "8.12 ± 0.25" in md and "55.5" in md
     assert "multiply-accumulates" in tex and "SMOKE" not in tex
     if dataset == "imagenet":
         assert "0.07$^\\ddagger$" in tex and "1.85 ‡" in md and "27.46 $-$ 26.69 = 0.77" in tex
+
+
+# ---------------------------------------------------------------------- the LaTeX tables fit a page
+
+ARTICLE_PT, CVPR_TEXT_PT = 345.0, 496.0     # article 10 pt text width; CVPR's 6.875 in (table*)
+CHAR_PT = 4.6       # one character at \\small (9 pt) Computer Modern: digits are 4.5 pt, letters less;
+                    # against pdflatex the estimate below is 2 % above the measured widths (283, 465 pt)
+
+
+def _widest_context(pub, dataset):
+    """Every method of the experiment list regenerated over 3 seeds, with two-digit stds: the
+    widest cells the tables can hold."""
+    methods = {"cifar10": ["Baseline", "ManiDP", "FBS", "FPGM"],
+               "imagenet": ["Baseline", "ManiDP-A", "ManiDP-B", "FBS", "FPGM"]}[dataset]
+    rows = [dict(dataset=dataset, arch=arch, variant="baseline" if m == "Baseline" else f"{m.lower()}-paper",
+                 point="" if m == "Baseline" else "paper", published=m, n=3, runs="seed0 seed1 seed2",
+                 dense_macs=4e7, gate_macs=1e4, data_source="test data",
+                 **{f"{k}_{s}": v for k in aggregate.METRICS for s, v in (("mean", 88.888), ("std", 10.555))})
+           for arch in experiments.ARCHS[dataset][:3] if arch in set(published.rows(pub, dataset)["arch"])
+           for m in methods]
+    return tables.table_context(dataset, pub, pd.DataFrame(rows), label="full")
+
+
+def _plain(cell: str) -> str:
+    cell = re.sub(r"\$\^\\(dagger|ddagger)\$", "+", cell)
+    for tex, char in ((r"$\pm$", "±"), (r"$\downarrow$", "v"), (r"\%", "%"), (r"\ ", " "), ("--", "-")):
+        cell = cell.replace(tex, char)
+    return re.sub(r"\\[a-zA-Z]+|[{}$]", "", cell).strip()
+
+
+def estimated_width_pt(tex: str) -> float:
+    """The tabular's width without LaTeX: per column its widest cell at CHAR_PT per character,
+    plus the 4 pt column gaps (\\tabcolsep) on either side of every column."""
+    body = tex.split(r"\begin{tabular}")[1].split(r"\end{tabular}")[0]
+    spec = body[body.index("{") + 1:body.index("}")]
+    widths = [0.0] * len(spec)
+    for row in body[body.index("}") + 1:].split(r"\\"):
+        row = re.sub(r"\\(toprule|midrule|bottomrule)", "", row).strip()
+        for i, cell in enumerate(row.split("&") if row else []):
+            widths[i] = max(widths[i], len(_plain(cell)) * CHAR_PT)
+    assert r"\setlength{\tabcolsep}{4pt}" in tex and r"\small" in tex
+    return sum(widths) + 2 * 4.0 * len(spec)
+
+
+@pytest.mark.parametrize("dataset, width_pt", [("cifar10", ARTICLE_PT), ("imagenet", CVPR_TEXT_PT)])
+def test_tex_tables_fit_the_page(pub, dataset, width_pt):
+    tex = tables.render(TEMPLATES, dataset, "tex", _widest_context(pub, dataset))
+    assert r"\begin{table*}" in tex and tex.count(r"\begin{tabular}") == 1
+    assert len(re.search(r"\\begin\{tabular\}\{(\w+)\}", tex).group(1)) == {"cifar10": 5, "imagenet": 8}[dataset]
+    assert estimated_width_pt(tex) <= width_pt
+
+
+@pytest.mark.parametrize("dataset, preamble", [
+    ("cifar10", ""),                                                        # article, one column
+    ("imagenet", r"\setlength{\textwidth}{6.875in}\setlength{\columnsep}{0.3125in}\twocolumn"),  # CVPR
+])
+def test_tex_tables_compile_without_overfull_boxes(pub, tmp_path, dataset, preamble):
+    """pdflatex where it is installed (Debian: texlive-latex-base): no box of the table is overfull,
+    and the estimate above is not below the width TeX measures."""
+    import shutil
+    import subprocess
+    if not shutil.which("pdflatex"):
+        pytest.skip("pdflatex not installed (apt-get install texlive-latex-base)")
+    tex = tables.render(TEMPLATES, dataset, "tex", _widest_context(pub, dataset))
+    (tmp_path / "t.tex").write_text(tex)
+    rules = "".join(rf"\providecommand\{r}{{\hline}}" for r in ("toprule", "midrule", "bottomrule"))
+    for name, pre in (("doc", preamble), ("narrow", r"\setlength{\textwidth}{1pt}")):
+        (tmp_path / f"{name}.tex").write_text(
+            rf"\documentclass[10pt]{{article}}{pre}\IfFileExists{{booktabs.sty}}{{\usepackage{{booktabs}}}}{{}}"
+            rf"{rules}\begin{{document}}\input{{t.tex}}\end{{document}}")
+        r = subprocess.run(["pdflatex", "-interaction=nonstopmode", f"{name}.tex"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:]
+    assert "Overfull \\hbox" not in (tmp_path / "doc.log").read_text(errors="replace")
+    # with a 1 pt text width every line is overfull: the widest is the tabular, 1 pt less
+    over = re.findall(r"Overfull \\hbox \(([\d.]+)pt too wide\)", (tmp_path / "narrow.log").read_text(errors="replace"))
+    measured = max(float(x) for x in over) + 1.0
+    assert measured <= estimated_width_pt(tex) <= measured * 1.05
 
 
 def test_tables_put_regenerated_competitors_beside_their_published_rows(pub):

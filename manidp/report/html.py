@@ -51,7 +51,7 @@ def _table(lines: list[str]) -> str:
         ours = any("(ours" in c for c in row)
         tds = "".join(f"<td class=\"num\">{_inline(c)}</td>" if r else f"<td>{_inline(c)}</td>"
                       for c, r in zip(row, right + [False] * len(row)))
-        out.append(f"<tr{' class=\"ours\"' if ours else ''}>{tds}</tr>")
+        out.append(("<tr class=\"ours\">" if ours else "<tr>") + tds + "</tr>")
     return "\n".join(out + ["</table>"])
 
 
