@@ -328,3 +328,49 @@ def test_method_curves_plot(tmp_path, pub):
     assert any(t.get_text() == "FBS (published)" for t in ax.texts)
     paths = plots.save(fig, tmp_path / "methods")
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+# ---------------------------------------------------------------------- plots: nothing hides anything
+
+def _boxes(fig):
+    """Window extents of the point labels, the axes, the legends and the title of a drawn figure."""
+    from matplotlib.text import Text
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.axison]
+    labels = [Text.get_window_extent(t, r) for ax in axes for t in ax.texts]    # the text, not its leader line
+    legends = [lg.get_window_extent(r) for lg in fig.legends + [ax.get_legend() for ax in axes] if lg]
+    return labels, [ax.get_window_extent(r) for ax in axes], legends, fig._suptitle.get_window_extent(r)
+
+
+def _assert_nothing_hidden(fig, n_labels):
+    labels, axes, legends, title = _boxes(fig)
+    assert len(labels) == n_labels and legends
+    assert not [(i, j) for i in range(len(labels)) for j in range(i + 1, len(labels)) if labels[i].overlaps(labels[j])]
+    for box in labels + legends:
+        assert not any(box.overlaps(a) for a in axes), "a label or legend lies on an axes"
+    for lg in legends:
+        assert not any(lg.overlaps(b) for b in labels) and not lg.overlaps(title)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenet"])
+def test_top1_vs_macs_labels_and_legend_hide_nothing(pub, dataset):
+    from manidp.report import plots
+    table = published.rows(pub, dataset)
+    # ours exactly on the published ManiDP points, the densest place of the plot
+    ours = [dict(dataset=dataset, arch=r["arch"], variant=f"{r['method'].lower()}-paper", point="paper",
+                 published=r["method"], n=1, reduction_pct_mean=r["flops_reduction_pct"], reduction_pct_std=math.nan,
+                 top1_err_mean=r["top1_err"], top1_err_std=math.nan)
+            for _, r in table.iterrows() if r["method"].startswith("ManiDP")]
+    fig = plots.top1_vs_macs(pd.DataFrame(ours), pub, dataset, "smoke", smoke=True)
+    _assert_nothing_hidden(fig, len(table) + len(ours))
+    assert "SMOKE RUN" in fig._suptitle.get_text()
+
+
+def test_method_curves_of_the_cpu_study_hide_nothing(pub):
+    """The committed CPU study (13 methods and variants, 3 published points on top of each other)."""
+    runs = aggregate.read_csv(ROOT / "results" / "cpu_study" / "cifar10" / "runs.csv", "runs")
+    fig = study.method_curves(runs, pub, "cifar10", "CIFAR-10 (JPEG q75 copy), CPU budget", smoke=True)
+    _assert_nothing_hidden(fig, 4)            # Baseline, ManiDP, FBS, FPGM (published)
+    title = fig._suptitle.get_text()
+    assert "CPU budget: short budget" in title and "SMOKE" not in title

@@ -20,6 +20,7 @@ table { border-collapse: collapse; margin: 8px 0 14px; }
 th, td { border: 1px solid #bbb; padding: 2px 7px; }
 th { background: #eee; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.csv td { white-space: nowrap; }
 tr.ours td { background: #eef6ee; }
 pre { background: #f6f6f6; padding: 8px; font-size: 11px; overflow-x: auto; }
 p.caption { font-size: 15px; }
@@ -101,7 +102,7 @@ def csv_to_html(df: pd.DataFrame) -> str:
     """A CSV of the workflow as an HTML table: one row per row, numbers to 4 significant digits
     (the CSV itself keeps full precision), empty cells for NaN."""
     numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
-    out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns) + "</tr>"]
+    out = ["<table class=\"csv\">", "<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns) + "</tr>"]
     for row in df.itertuples(index=False):
         out.append("<tr>" + "".join(f"<td class=\"num\">{html.escape(_fmt(v))}</td>" if num
                                     else f"<td>{html.escape(_fmt(v))}</td>" for v, num in zip(row, numeric))

@@ -48,7 +48,8 @@ def label_column(ax, points: list[tuple[float, float]], texts: list[str], colour
     """Label the points of ``ax`` in a column right of the axes, each joined to its point by a
     leader line. The labels are placed in the order of their points' y and at least one text line
     apart, so they cannot overlap each other, the data, or labels of other panels stacked in one
-    column. Call it once the axes' limits and the figure's layout are final."""
+    column: placed upwards from the lowest point, then downwards from the top of the axes, every
+    two labels stay one line apart. Call it once the axes' limits and the figure's layout are final."""
     if not points:
         return []
     fig = ax.figure
@@ -61,8 +62,9 @@ def label_column(ax, points: list[tuple[float, float]], texts: list[str], colour
     for i in order:
         y = float(to_axes.transform(points[i])[1])
         placed.append(max(y, placed[-1] + step) if placed else y)
-    shift = max(0.0, placed[-1] - 1.0)                   # keep the column within the axes' height
-    placed = [y - min(shift, max(0.0, placed[0])) for y in placed]
+    placed[-1] = min(placed[-1], 1.0)                    # then down from the top: the column stays
+    for k in range(len(placed) - 2, -1, -1):             # within the axes' height while it fits there
+        placed[k] = min(placed[k], placed[k + 1] - step)
     colours = colours or ["black"] * len(points)
     out = []
     for i, y in zip(order, placed):
