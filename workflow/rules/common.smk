@@ -158,6 +158,17 @@ def data_path(dataset):
     return config["data"][dataset]["path"]
 
 
+def synthetic_marker(wildcards):
+    if wildcards.dataset == "imagenet" and config["data"]["imagenet"]["synthetic"]["enabled"]:
+        return f"{data_path('imagenet')}/SYNTHETIC.txt"
+    return []
+
+
+def baseline_done(wildcards):
+    run = baseline_run(wildcards.dataset, wildcards.seed)
+    return done_marker(wildcards.dataset, wildcards.arch, "baseline", run)
+
+
 def data_ready(wildcards):
     """Every training step waits for the dataset check (ancient: a re-check never retrains)."""
     return ancient(f"{RESULTS}/{wildcards.dataset}/data.json")
@@ -169,7 +180,7 @@ def cli_options(options):
     """{"batch_size": 128, "amp": False, "detach_weight": False} -> "--batch-size 128 --no-detach-weight"."""
     words = []
     for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
+        flag = f"--{key.replace('_', '-')}"
         if key in ("detach_weight", "complexity_weighting", "calibrate_macs"):  # on by default; the CLI has --no-...
             if not value:
                 words.append(f"--no-{key.replace('_', '-')}")
@@ -262,6 +273,9 @@ def table_targets(dataset):
 
 
 PLOTS = ("top1_vs_macs", "macs_histogram", "keep_rates", "methods", "budget")
+PLOT_NAMES = {"top1_vs_macs": "top-1 vs MACs, published and ours", "macs_histogram": "per-instance MACs",
+              "keep_rates": "per-layer keep rates", "methods": "methods, top-1 vs MACs",
+              "budget": "top-1 against pruning budget"}
 
 
 def all_targets():
@@ -272,3 +286,58 @@ def all_targets():
         out += [f"{RESULTS}/{ds}/methods.csv", f"{RESULTS}/{ds}/methods.md"]
         out += [f"{RESULTS}/{ds}/plots/{p}.{ext}" for p in PLOTS for ext in ("png", "pdf")]
     return out + report_targets()      # the report's pages (workflow/rules/report.smk)
+
+
+# ------------------------------------------------------------------------------ the report (report.smk)
+
+# (page, what it renders, caption, label): one HTML page per table of a dataset.
+REPORT_PAGES = {
+    "table": ("the paper's table with our rows", "table.rst"),
+    "comparison": ("published vs ours, with tolerance status", "comparison.rst"),
+    "methods": ("every method side by side", "methods.rst"),
+    "summary": ("mean, std and n over seeds (summary.csv)", "summary.rst"),
+    "runs": ("one row per evaluated model (runs.csv)", "runs.rst"),
+}
+
+
+def report_page(dataset, page):
+    return f"{RESULTS}/{dataset}/report/{page}.html"
+
+
+def report_targets():
+    return [report_page(ds, p) for ds in DATASETS for p in REPORT_PAGES] + [f"{RESULTS}/report/summary.rst"]
+
+
+def _page_labels(page):
+    what, _ = REPORT_PAGES[page]
+    return lambda wc: {"dataset": pub.DATASET_NAMES[wc.dataset],
+                       "table": f"Table {pub.TABLE_NUMBERS[wc.dataset]}: {what}" if page == "table" else what}
+
+
+def _refuse_an_unbuilt_report():
+    """`snakemake --report` of a DAG whose outputs are (partly) missing: one line naming the first
+    missing file and the command that builds it, instead of Snakemake's error about one report item.
+    (With --report-after-run the report follows the run, so nothing is missing.)"""
+    args = sys.argv[1:]
+    if not any(a == "--report" or a.startswith("--report=") for a in args) or "--report-after-run" in args:
+        return
+    missing = [t for t in all_targets() if not Path(t).exists()]
+    if not missing:
+        return
+    build, skip = [], False
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+        elif a == "--report":
+            skip = i + 1 < len(args) and args[i + 1].endswith((".html", ".zip"))
+        elif not a.startswith("--report="):
+            build.append(a)
+    if not any(a in ("--cores", "-c", "--jobs", "-j", "--profile") or a.startswith(("--cores=", "--profile="))
+               for a in build):
+        build = ["--cores", "all"] + build
+    sys.exit(f"manidp: error: the report needs the built DAG, and {missing[0]} is missing "
+             f"({len(missing)} of {len(all_targets())} outputs); build it first: "
+             f"snakemake {shlex.join(build)} (target all), then rerun the report")
+
+
+_refuse_an_unbuilt_report()

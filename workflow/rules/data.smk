@@ -21,12 +21,6 @@ if config["data"]["imagenet"]["synthetic"]["enabled"]:
             "../scripts/synthetic_imagenet.py"
 
 
-def synthetic_marker(wildcards):
-    if wildcards.dataset == "imagenet" and config["data"]["imagenet"]["synthetic"]["enabled"]:
-        return f"{data_path('imagenet')}/SYNTHETIC.txt"
-    return []
-
-
 rule check_data:
     """Is data.{dataset}.path there and in the expected form? Writes what was found (data.json)."""
     input:

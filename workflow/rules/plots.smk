@@ -2,11 +2,6 @@
 # every method's top-1 vs MACs curve with seed spread and its published point (methods).
 
 
-PLOT_NAMES = {"top1_vs_macs": "top-1 vs MACs, published and ours", "macs_histogram": "per-instance MACs",
-              "keep_rates": "per-layer keep rates", "methods": "methods, top-1 vs MACs",
-              "budget": "top-1 against pruning budget"}
-
-
 rule plots:
     input:
         summary=f"{RESULTS}/{{dataset}}/summary.csv",

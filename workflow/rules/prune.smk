@@ -2,11 +2,6 @@
 # of the same seed, at the target MAC reduction of the row; run folder {method}-{point}.
 
 
-def baseline_done(wildcards):
-    run = baseline_run(wildcards.dataset, wildcards.seed)
-    return done_marker(wildcards.dataset, wildcards.arch, "baseline", run)
-
-
 rule prune:
     """`manidp prune` for one experiment row and seed. Declares only metrics.json (written last),
     so an interrupted run resumes from its checkpoint.pt."""
