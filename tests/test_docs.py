@@ -20,7 +20,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 def _commands(path: Path) -> list[str]:
     """The snakemake commands of a Markdown file: lines of fenced code blocks (backslash
     continuations joined, `# ...` comments cut), and inline code spans, without a leading `time`.
-    A span with `...` is an elision (a fragment of a longer command), not a command."""
+    A span with `...` or a `<placeholder>` is a pattern or a fragment of a longer command."""
     text = path.read_text()
     found = []
     for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, re.S | re.M):
@@ -28,7 +28,7 @@ def _commands(path: Path) -> list[str]:
                   if re.match(r"\s*(time )?snakemake ", line)]
     prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
     found += [shlex.split(span) for span in re.findall(r"`((?:time )?snakemake [^`]+)`", prose)
-              if "..." not in span]
+              if "..." not in span and not re.search(r"<\w+>", span)]
     return [shlex.join(words[1:] if words[0] == "time" else words) for words in found]
 
 

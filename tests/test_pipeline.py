@@ -240,7 +240,25 @@ def test_smoke_plots_and_report(smoke):
                 assert (smoke["root"] / dataset / "plots" / f"{name}.{ext}").stat().st_size > 1000
     r = snakemake(smoke["dir"], *smoke["args"], "--report", "report.html")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (smoke["dir"] / "report.html").stat().st_size > 10000
+    html = (smoke["dir"] / "report.html").read_text()
+    for dataset in ("cifar10", "imagenet"):      # every table a page of the report, listed by its labels
+        for page in ("table", "comparison", "methods", "summary", "runs"):
+            assert f'"results/smoke/{dataset}/report/{page}.html"' in html, page
+    assert '"labels": {"dataset": "CIFAR-10", "table": "Table 4: the paper' in html
+    assert "Short-budget run" in html and "Table 1 (ImageNet)" in html       # the landing page's summary
+
+    # A report of a partly built DAG: one line naming the missing output and the command to build it.
+    page = smoke["root"] / "imagenet" / "report" / "runs.html"
+    page.rename(page.with_suffix(".bak"))
+    try:
+        r = snakemake(smoke["dir"], *smoke["args"], "--report", "again.html")
+    finally:
+        page.with_suffix(".bak").rename(page)
+    last = (r.stdout + r.stderr).strip().splitlines()[-1]
+    assert r.returncode == 1 and last.startswith("manidp: error: the report needs the built DAG, and "
+                                                 "results/smoke/imagenet/report/runs.html is missing (1 of "), last
+    assert "build it first: snakemake --cores all --configfile config/smoke.yaml" in last
+    assert not (smoke["dir"] / "again.html").exists()
 
 
 @pytest.mark.slow

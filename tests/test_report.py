@@ -374,3 +374,39 @@ def test_method_curves_of_the_cpu_study_hide_nothing(pub):
     _assert_nothing_hidden(fig, 4)            # Baseline, ManiDP, FBS, FPGM (published)
     title = fig._suptitle.get_text()
     assert "CPU budget: short budget" in title and "SMOKE" not in title
+
+
+
+# ---------------------------------------------------------------------- the report's HTML pages
+
+def test_markdown_tables_become_html_tables_cell_for_cell(pub):
+    from manidp.report import html
+    summary = _summary(8.123, 0.25, 55.55).assign(gate_macs=1e4, dense_macs=4e7, data_source="test data")
+    md = tables.render(TEMPLATES, "cifar10", "md", tables.table_context("cifar10", pub, summary, label="full"))
+    page = html.markdown_to_html(md)
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert page.count("<tr") == len(rows) and page.count("<table>") == 1
+    assert page.count("<td") == sum(len(r.strip("|").split("|")) for r in rows[1:])
+    assert "<b>ManiDP (ours, regenerated) †</b> (n=3)" in page and "8.12 ± 0.25" in page
+    assert "<!--" not in page and "**" not in page and page.count("<li>") == md.count("\n- ")
+
+
+def test_csv_page_keeps_every_cell_and_shows_nan_as_empty():
+    from manidp.report import html
+    df = pd.DataFrame({"arch": ["resnet20", "resnet32"], "top1": [91.23456, math.nan], "n": [3, 1]})
+    page = html.csv_to_html(df)
+    assert page.count("<tr>") == 3 and page.count("<td") == 6
+    assert ">91.23<" in page and '<td class="num"></td>' in page and "nan" not in page
+
+
+def test_run_summary_counts_the_statuses():
+    from manidp.report import html
+    rows = [("regenerated", "resnet20", "manidp-paper", s) for s in
+            ("within tolerance", "within tolerance", "worse", "better")]
+    rows += [("regenerated", "resnet32", "manidp-paper", "within tolerance"),
+             ("published-inconsistency", "resnet34", "", "flagged")]
+    df = pd.DataFrame(rows, columns=["kind", "arch", "variant", "status"])
+    assert html.status_counts(df) == {"within tolerance": 3, "better": 1, "worse": 1, "not comparable": 0}
+    rst = html.run_summary_rst({"cifar10": df}, {"cifar10": "Table 4 (CIFAR-10)"}, "full", smoke=False)
+    assert rst.startswith("**Full run**")
+    assert "| Table 4 (CIFAR-10) | 2      | 5                | 3                | 1      | 1     | 0              |" in rst

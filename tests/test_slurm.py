@@ -36,7 +36,7 @@ START_TIMEOUT = 150                       # seconds for tests/slurm/cluster.sh s
 # --cores 2); 18 min leaves room for a loaded machine and keeps CI (about 8 min without it) under 30.
 RUN_TIMEOUT = int(os.environ.get("MANIDP_SLURM_RUN_TIMEOUT", "1080"))
 SUBMITTED = {"synthetic_imagenet", "import_torchvision", "train_baseline", "prune", "measure"}
-LOCAL = {"all", "check_data", "aggregate", "compare", "table", "method_table", "plots"}
+LOCAL = {"all", "check_data", "aggregate", "compare", "table", "method_table", "plots", "report_pages", "report_summary"}
 
 
 def resources_of(output: str) -> dict[str, list[dict[str, str]]]:
