@@ -293,7 +293,8 @@ def _unpickle(blob: bytes, where: str) -> dict:
                           f"extract or download the dataset again") from None
     check(isinstance(obj, dict), f"{where}: not a CIFAR batch (pickle holds a "
                                  f"{type(obj).__name__}, not a dict); check the data path")
-    return obj
+    # copies re-pickled after CIFAR's own recipe, pickle.load(f, encoding="bytes"), have bytes keys
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 def _parse_batch(blob: bytes, where: str, spec: _CifarSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -369,7 +370,7 @@ def _data_title(classes: list[str], spec: _CifarSpec, where: str, names: str) ->
     check(not shared, f"{where}: {names} {classes} are not CIFAR-10's {list(CIFAR10_CLASSES)} "
                       f"(in that order) but share {shared} with them, so label numbers would differ; "
                       f"fix the copy, or check the data path or --dataset")
-    return f"10-class CIFAR-format data, not CIFAR-10 (labels: {', '.join(classes)})"
+    return f"not CIFAR-10: 10-class data in its format, labels {', '.join(classes)}"
 
 
 # ---- JPEG copy
