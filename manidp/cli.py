@@ -65,8 +65,16 @@ def _common_run(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
                    help="CPU threads for torch (default: torch's choice; set it when several jobs share a machine)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad option gets one line, as every other user error (docs/errors.md), not argparse's usage
+    dump; subcommand parsers are of the same class."""
+
+    def error(self, message: str):
+        self.exit(2, f"manidp: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="manidp", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="manidp", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     p = sub.add_parser("train-baseline", help="train a dense network",
@@ -227,10 +235,11 @@ def _evaluate(args, world) -> None:
     if info["num_classes"] != model.num_classes:
         raise ManidpError(f"checkpoint {args.checkpoint} has {model.num_classes} classes but --data "
                           f"{args.data} has {info['num_classes']}: evaluate on the dataset it was trained on")
+    _check_same_classes(ckpt, info, args)
     from .methods import checkpoint_method
     model = checkpoint_method(ckpt).deployable(model).to(device)   # FPGM: the physically pruned network
     result = evaluate(model, test_loader, device, input_size=image_size,
-                      show_progress=not args.quiet and world.main)
+                      show_progress=not args.quiet and world.main, source=f"checkpoint {args.checkpoint}")
     if not world.main:
         return
     result.update(checkpoint=str(args.checkpoint), arch=model.arch, gated=model.gated,
@@ -282,6 +291,12 @@ def cmd_latency(args) -> None:
     if args.repeats < 1:
         raise ManidpError(f"--repeats must be >= 1 (got {args.repeats})")
     model, ckpt = model_from_checkpoint(args.checkpoint)
+    if not model.gated:
+        from .methods import checkpoint_method
+        name = checkpoint_method(ckpt).name
+        kind = "a dense (ungated) model" if name == "baseline" else f"an ungated {name} model"
+        raise ManidpError(f"checkpoint {args.checkpoint} is {kind}: latency needs a pruned (gated) "
+                          f"checkpoint, the checkpoint.pt of a manidp prune run")
     model = model.eval()
     image_size = args.image_size or model.input_size
     _, test_loader, info = build_loaders(args.dataset, args.data, 64, device=torch.device("cpu"), seed=0,
@@ -291,6 +306,7 @@ def cmd_latency(args) -> None:
     if info["num_classes"] != model.num_classes:
         raise ManidpError(f"checkpoint {args.checkpoint} has {model.num_classes} classes but --data "
                           f"{args.data} has {info['num_classes']}: use the dataset it was trained on")
+    _check_same_classes(ckpt, info, args)
     batches = [(x, y) for x, y in test_loader]
     images, labels = torch.cat([b[0] for b in batches]).float(), torch.cat([b[1] for b in batches])
     r = measure(model, images, labels, repeats=args.repeats, kernel=args.kernel,
@@ -324,6 +340,14 @@ def cmd_latency(args) -> None:
         print(f"{r['differing_decisions']} image(s) with other gate decisions: {explained} at a saliency within "
               f"{TIE_TOLERANCE:g} of its threshold (float summation order decides there)"
               + (f"; {r['differing_unexplained']} NOT explained by rounding" if r["differing_unexplained"] else ""))
+
+
+def _check_same_classes(ckpt: dict, info: dict, args) -> None:
+    """Label numbers mean classes: data with other label names would be scored against wrong labels."""
+    saved = ckpt.get("classes")
+    if saved and info.get("classes") and list(saved) != list(info["classes"]):
+        raise ManidpError(f"checkpoint {args.checkpoint} was trained on classes {list(saved)}, but --data "
+                          f"{args.data} holds {list(info['classes'])}: use the dataset it was trained on")
 
 
 def _result_line(r: dict) -> str:

@@ -240,19 +240,49 @@ def _other(spec: _CifarSpec) -> _CifarSpec:
 # ---- pickle format
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches but refuses any global other than numpy's array rebuilders:
-    a pickle can run arbitrary code, and a data path may come from anywhere."""
-    _allowed = {"_reconstruct", "ndarray", "dtype", "scalar"}
+    """Unpickles CIFAR batches but refuses any global other than those that rebuild numpy arrays
+    and bytes: a pickle can run arbitrary code, and a data path may come from anywhere.
+
+    Three encodings are common and accepted: protocol 2 from Python 2 (the original files) and the
+    default protocol 3/4 (``_reconstruct``/``ndarray``/``dtype``); protocol 2 written by Python 3,
+    which spells bytes as ``_codecs.encode(text, 'latin1')``; protocol 5, which rebuilds arrays
+    through ``_frombuffer``."""
+    _multiarray = {"_reconstruct", "ndarray", "dtype", "scalar"}
+    _numeric = {"_frombuffer"}
 
     def find_class(self, module, name):
-        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in self._allowed:
-            try:  # numpy >= 2 moved numpy.core to numpy._core; read either spelling
-                return getattr(importlib.import_module("numpy._core.multiarray"), name)
-            except ImportError:
-                return getattr(importlib.import_module("numpy.core.multiarray"), name)
-        if module == "numpy" and name in self._allowed:
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in self._multiarray:
+            return getattr(_numpy_core("multiarray"), name)
+        if module in ("numpy.core.numeric", "numpy._core.numeric") and name in self._numeric:
+            return getattr(_numpy_core("numeric"), name)
+        if module == "numpy" and name in self._multiarray:
             return getattr(np, name)
+        if module == "_codecs" and name == "encode":
+            return _latin1_encode
+        if module in ("__builtin__", "builtins") and name == "bytes":
+            return _empty_bytes          # protocol 2's spelling of b""
         raise pickle.UnpicklingError(f"refusing global {module}.{name}")
+
+
+def _numpy_core(name: str):
+    try:  # numpy >= 2 moved numpy.core to numpy._core; read either spelling
+        return importlib.import_module(f"numpy._core.{name}")
+    except ImportError:
+        return importlib.import_module(f"numpy.core.{name}")
+
+
+def _latin1_encode(text, encoding="utf-8", errors="strict") -> bytes:
+    """``_codecs.encode`` as protocol 2 uses it for bytes, and nothing else: other codecs
+    (zlib, base64, ...) are refused, so the unpickler stays a plain-data reader."""
+    if not isinstance(text, str) or encoding.replace("-", "").replace("_", "").lower() not in ("latin1", "iso88591"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1", errors)
+
+
+def _empty_bytes(*args) -> bytes:
+    if args:  # bytes(n) would allocate n bytes: only the empty call is plain data
+        raise pickle.UnpicklingError("refusing builtins.bytes with arguments")
+    return b""
 
 
 def _unpickle(blob: bytes, where: str) -> dict:
@@ -263,7 +293,8 @@ def _unpickle(blob: bytes, where: str) -> dict:
                           f"extract or download the dataset again") from None
     check(isinstance(obj, dict), f"{where}: not a CIFAR batch (pickle holds a "
                                  f"{type(obj).__name__}, not a dict); check the data path")
-    return obj
+    # copies re-pickled after CIFAR's own recipe, pickle.load(f, encoding="bytes"), have bytes keys
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 def _parse_batch(blob: bytes, where: str, spec: _CifarSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,6 +331,8 @@ def _from_pickles(read: Callable[[str], bytes | None], where: Callable[[str], st
     classes = meta.get(spec.meta_key)
     check(isinstance(classes, list) and len(classes) == spec.num_classes,
           f"{where(spec.meta)}: needs '{spec.meta_key}' with {spec.num_classes} names; check --dataset")
+    classes = [c.decode("latin1") if isinstance(c, bytes) else str(c) for c in classes]
+    title = _data_title(classes, spec, where(spec.meta), f"its '{spec.meta_key}'")
 
     parts = [_parse_batch(blobs[n], where(n), spec) for n in train]
     test = [_parse_batch(blobs[n], where(n), spec) for n in spec.test]
@@ -310,7 +343,9 @@ def _from_pickles(read: Callable[[str], bytes | None], where: Callable[[str], st
     # file per split, so there a subset shows as fewer rows. Full copies must match the originals.
     full = len(train) == len(spec.train) and (
         len(spec.train) > 1 or (len(train_y), len(test_y)) == spec.full_rows)
-    if full:
+    if title != spec.title:             # other data in CIFAR's format: no original to check against
+        source = f"{title} ({len(train_y)} train / {len(test_y)} test) from {origin}"
+    elif full:
         for n, blob in blobs.items():
             got = hashlib.md5(blob, usedforsecurity=False).hexdigest()
             check(got == spec.md5[n], f"{where(n)}: md5 {got} differs from the original "
@@ -318,8 +353,24 @@ def _from_pickles(read: Callable[[str], bytes | None], where: Callable[[str], st
         source = f"{spec.title} (md5 verified) from {origin}"
     else:
         source = f"{spec.title} (subset: {len(train_y)} train / {len(test_y)} test) from {origin}"
-    return ImageArrays(train_x, train_y, test_x, test_y, [str(c) for c in classes],
-                       spec.mean, spec.std, source)
+    return ImageArrays(train_x, train_y, test_x, test_y, classes, spec.mean, spec.std, source)
+
+
+def _data_title(classes: list[str], spec: _CifarSpec, where: str, names: str) -> str:
+    """What the data is, by its label names; one rule for both formats (docs/errors.md).
+
+    CIFAR-10's ten names in CIFAR-10's order: CIFAR-10. Ten names none of which is CIFAR-10's:
+    another ten-class dataset in CIFAR's format, accepted and named by its labels, never called
+    CIFAR-10. Anything between (some of CIFAR-10's names, or all in another order) is a damaged or
+    relabelled copy whose label numbers would silently differ: refused."""
+    if spec.name != "cifar10" or tuple(classes) == CIFAR10_CLASSES:
+        return spec.title
+    shared = [c for c in classes if c in CIFAR10_CLASSES]
+    check(len(classes) == len(set(classes)), f"{where}: {names} {classes} name a class twice; fix the copy")
+    check(not shared, f"{where}: {names} {classes} are not CIFAR-10's {list(CIFAR10_CLASSES)} "
+                      f"(in that order) but share {shared} with them, so label numbers would differ; "
+                      f"fix the copy, or check the data path or --dataset")
+    return f"not CIFAR-10: 10-class data in its format, labels {', '.join(classes)}"
 
 
 # ---- JPEG copy
@@ -371,14 +422,10 @@ def _from_images(items: list[tuple[str, bytes]], spec: _CifarSpec, origin: str,
     test_classes = sorted({rel.split("/")[1] for rel, _ in items if rel.startswith("test/")})
     check(classes == test_classes, f"{origin}: train/ and test/ hold different class folders "
                                    f"({len(classes)} vs {len(test_classes)}); fix the JPEG copy")
-    if spec.name == "cifar10":
-        # Sorted folder names must give CIFAR-10's own label order (batches.meta), or labels differ.
-        check(tuple(classes) == CIFAR10_CLASSES,
-              f"{origin}: class folders {classes} are not CIFAR-10's {list(CIFAR10_CLASSES)}; "
-              f"check the data path or --dataset")
-    else:
-        check(len(classes) == spec.num_classes, f"{origin}: {len(classes)} class folders, "
-                                                f"{spec.title} has {spec.num_classes}; check --dataset")
+    check(len(classes) == spec.num_classes, f"{origin}: {len(classes)} class folders, "
+                                            f"{spec.title} has {spec.num_classes}; check --dataset")
+    # Sorted folder names are the label order; CIFAR-10's names sort into its own (batches.meta) order.
+    title = _data_title(classes, spec, origin, "class folders")
     index = {c: i for i, c in enumerate(classes)}
     split = {}
     for name in ("train", "test"):
@@ -389,14 +436,16 @@ def _from_images(items: list[tuple[str, bytes]], spec: _CifarSpec, origin: str,
     (train_x, train_y), (test_x, test_y) = split["train"], split["test"]
     quality = _jpeg_quality(items[0][1])
     kind = f"JPEG q{quality} copy" if quality else "JPEG copy"
-    if (len(train_y), len(test_y)) != spec.full_rows:
-        kind += f", subset: {len(train_y)} train / {len(test_y)} test"
+    if title != spec.title or (len(train_y), len(test_y)) != spec.full_rows:
+        kind += f", {'' if title != spec.title else 'subset: '}{len(train_y)} train / {len(test_y)} test"
     return ImageArrays(train_x, train_y, test_x, test_y, classes, spec.mean, spec.std,
-                       f"{spec.title} ({kind}) from {origin}")
+                       f"{title} ({kind}) from {origin}")
 
 
 def _decode_jpegs(items: list[tuple[str, bytes]], where: Callable[[str], str]) -> torch.Tensor:
     """Decode JPEGs to a uint8 (N, 3, 32, 32) tensor, naming the first file that fails or misfits."""
+    for rel, blob in items:   # torch.frombuffer cannot even wrap an empty file
+        check(len(blob) > 0, f"{where(rel)}: empty file (0 bytes), not a JPEG; replace or delete the file")
     images = None
     try:
         # torchvision's batched decoder is about twice as fast as PIL here; torchvision 0.29
@@ -478,8 +527,8 @@ def _write_cache(cache: Path, a: ImageArrays) -> None:
         atomic_write(cache, lambda f: np.savez(
             f, train_x=a.train_x.numpy(), train_y=a.train_y.numpy(), test_x=a.test_x.numpy(),
             test_y=a.test_y.numpy(), classes=np.array(a.classes), source=np.array(a.source)))
-    except OSError as e:  # an unwritable cache only costs a decode next time
-        warnings.warn(f"{cache}: could not write the decoded-image cache ({_one_line(e)})")
+    except (OSError, ManidpError) as e:  # an unwritable cache only costs a decode next time
+        warnings.warn(f"{cache}: could not write the decoded-image cache ({str(e).splitlines()[0]})")
 
 
 # --------------------------------------------------------------------------- tensor loader

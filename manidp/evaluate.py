@@ -9,10 +9,13 @@ numbers of the whole set.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from . import distributed
+from .errors import ManidpError
 from .macs import MacMeter
 from .models import ResNet
 from .progress import progress
@@ -21,12 +24,17 @@ from .progress import progress
 @torch.no_grad()
 def evaluate(model: ResNet, loader, device: torch.device, count_macs: bool = True,
              input_size: int | None = None, amp: bool = False, channels_last: bool = False,
-             desc: str = "eval", show_progress: bool = True) -> dict:
-    """Return top-1/top-5 (%), mean CE, and (if ``count_macs``) the MAC summary of :class:`MacMeter`."""
+             desc: str = "eval", show_progress: bool = True, source: str = "the model") -> dict:
+    """Return top-1/top-5 (%), mean CE, and (if ``count_macs``) the MAC summary of :class:`MacMeter`.
+
+    A non-finite saliency, logit or loss raises :class:`ManidpError` naming ``source`` (e.g. the
+    checkpoint): NaN saliencies close every gate, so the MAC reduction and top-1 would look like
+    results while meaning nothing."""
     model.eval()
     meter = MacMeter(model, input_size) if count_macs else None
     n = correct1 = correct5 = 0
     loss_sum = 0.0
+    problem, gates = None, list(zip(model.gate_names(), model.gates()))
     k = min(5, model.num_classes)
     bar = progress(total=getattr(loader, "shard_samples", getattr(loader, "num_samples", None)), desc=desc,
                    disable=not show_progress)
@@ -37,7 +45,9 @@ def evaluate(model: ResNet, loader, device: torch.device, count_macs: bool = Tru
         with torch.autocast(device.type, enabled=amp, dtype=_amp_dtype(device)):
             logits = model(x)
         logits = logits.float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        loss = float(F.cross_entropy(logits, y, reduction="sum"))
+        problem = problem or _nonfinite(gates, logits, loss, n)
+        loss_sum += loss
         top = logits.topk(k, dim=1).indices
         hits = top.eq(y[:, None])
         correct1 += int(hits[:, 0].sum())
@@ -47,6 +57,12 @@ def evaluate(model: ResNet, loader, device: torch.device, count_macs: bool = Tru
             meter.update(model, y.numel())
         bar.update(y.numel())
     bar.close()
+    flagged = float(problem is not None)
+    if distributed.size() > 1:        # every process stops together, or the others would wait
+        flagged = distributed.sum_over_processes([flagged])[0]
+    if flagged:
+        raise ManidpError(f"{source}: {problem or 'a non-finite value on another process'} in the evaluation; "
+                          f"no result is written: the weights overflow or are damaged, retrain it")
     if distributed.size() > 1:
         n, correct1, correct5, loss_sum = distributed.sum_over_processes([n, correct1, correct5, loss_sum])
         n, correct1, correct5 = int(n), int(correct1), int(correct5)
@@ -58,6 +74,22 @@ def evaluate(model: ResNet, loader, device: torch.device, count_macs: bool = Tru
     if meter is not None:
         result["macs"] = meter.summary()
     return result
+
+
+def _nonfinite(gates: list, logits: torch.Tensor, loss: float, seen: int) -> str | None:
+    """What first holds a NaN or Inf in this batch (gate saliencies, logits, loss), or None.
+    One host sync for the common, all-finite case."""
+    where = f"from instance {seen + 1}"
+    saliencies = [(name, g.saliency) for name, g in gates if getattr(g, "saliency", None) is not None]
+    checks = [torch.isfinite(s).all() for _, s in saliencies] + [torch.isfinite(logits).all()]
+    if bool(torch.stack(checks).all()) and math.isfinite(loss):
+        return None
+    for (name, _), ok in zip(saliencies, checks):
+        if not bool(ok):
+            return f"non-finite saliency of gate {name} {where}"
+    if not bool(checks[-1]):
+        return f"non-finite logits {where}"
+    return f"non-finite loss ({loss}) {where}"
 
 
 def _amp_dtype(device: torch.device) -> torch.dtype:

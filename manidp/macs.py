@@ -235,9 +235,12 @@ def remain_rate_for_reduction(model: ResNet, target_reduction_pct: float,
         cost = lambda r: uniform_keep_macs(model, r, input_size)  # noqa: E731
     reduction = lambda r: 100.0 * (1 - cost(r) / dense)  # noqa: E731
     floor = reduction(1e-9)
-    if not 0 <= target_reduction_pct <= floor:
-        raise ManidpError(f"target MAC reduction {target_reduction_pct}% is outside [0, {floor:.1f}]% "
-                          f"for {model.arch}; choose a smaller --target-reduction")
+    if not 0 <= target_reduction_pct <= floor:    # NaN fails too
+        way = ("a larger one (a reduction is >= 0)" if target_reduction_pct < 0 else
+               f"a smaller one ({floor:.1f}% is the most the gates can remove; stem, shortcuts and FC stay)"
+               if target_reduction_pct > floor else "a number")
+        raise ManidpError(f"--target-reduction {target_reduction_pct} is outside the valid range [0, {floor:.1f}] "
+                          f"(% of {model.arch}'s MACs): choose {way}")
     lo, hi = 0.0, 1.0            # reduction(hi) <= target <= reduction(lo)
     for _ in range(50):
         mid = (lo + hi) / 2

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
-from . import distributed
+from . import distributed, runfolder
 from .errors import ManidpError
 from .evaluate import _amp_dtype, evaluate
 from .io import write_json, write_text
@@ -270,7 +270,8 @@ def run(cfg: TrainConfig, stop_after_epoch: int | None = None, show_progress: bo
     interruption would (used by the resume tests). Under torchrun every process calls this.
     """
     cfg.validate()
-    with distributed.launch(cfg.device) as world:
+    # one run per folder (runfolder.py); under torchrun rank 0 holds it for every process
+    with runfolder.claim(cfg.out, main=distributed.env_rank() == 0), distributed.launch(cfg.device) as world:
         return _run(cfg, world, stop_after_epoch, show_progress and world.main)
 
 
@@ -312,7 +313,7 @@ def _run(cfg: TrainConfig, world: distributed.World, stop_after_epoch: int | Non
 
     start, history, reference_loss = 0, [], None
     if ckpt_path.exists():
-        saved = ckpt_io.load(ckpt_path)
+        saved = ckpt_io.load(ckpt_path, require=ckpt_io.RESUME_KEYS)
         _check_resumable(saved.get("config", {}), cfg, ckpt_path)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -350,7 +351,8 @@ def _run(cfg: TrainConfig, world: distributed.World, stop_after_epoch: int | Non
                                                            epoch=cfg.epochs + 1, channels_last=cfg.channels_last)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             ev = evaluate(method.deployable(model), test_loader, device, amp=cfg.amp, channels_last=cfg.channels_last,
-                          input_size=model.input_size, show_progress=show_progress, desc="test")
+                          input_size=model.input_size, show_progress=show_progress, desc="test",
+                          source=f"run {out}, epoch {epoch + 1}")
             record.update(test_top1=ev["top1"], test_top5=ev["top5"], test_loss=ev["loss"],
                           macs_mean=ev["macs"]["macs_mean"], reduction_pct=ev["macs"]["reduction_pct"])
         history.append(record)
@@ -363,7 +365,8 @@ def _run(cfg: TrainConfig, world: distributed.World, stop_after_epoch: int | Non
 
     measured = method.deployable(model)          # FPGM: the physically pruned network
     final = evaluate(measured, test_loader, device, amp=cfg.amp, channels_last=cfg.channels_last,
-                     input_size=model.input_size, show_progress=show_progress, desc="final eval")
+                     input_size=model.input_size, show_progress=show_progress, desc="final eval",
+                     source=f"run {out}, final model")
     final.update(arch=cfg.arch, dataset=cfg.dataset, method=cfg.method, seed=cfg.seed,
                  epochs=cfg.epochs, thresholds=model.thresholds(), remain_rate_target=target,
                  data_source=info.get("source"))

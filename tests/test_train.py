@@ -158,7 +158,7 @@ def test_cli_latency_of_a_pruned_checkpoint(baseline, cifar_mini, tmp_path, caps
     # A dense baseline has no gates to skip with; --repeats must be positive: one line each.
     code, line = run_cli(capsys, "latency", "--checkpoint", str(baseline[0] / "checkpoint.pt"),
                          "--data", str(cifar_mini), "--quiet")
-    assert code == 2 and "needs a gated ResNet" in line
+    assert code == 2 and "latency needs a pruned (gated) checkpoint" in line
     code, line = run_cli(capsys, "latency", "--checkpoint", str(path), "--data", str(cifar_mini),
                          "--repeats", "0")
     assert code == 2 and "--repeats must be >= 1" in line

@@ -64,6 +64,7 @@ def load(path: str | Path, published: pd.DataFrame, methods=None) -> list[Experi
     path = Path(path)
     if not path.is_file():
         raise ManidpError(f"{path}: experiment list not found (config key: experiments)")
+    _check_header(path)
     try:
         df = pd.read_csv(path, sep="\t", comment="#", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -115,6 +116,30 @@ def load(path: str | Path, published: pd.DataFrame, methods=None) -> list[Experi
     if not out:
         raise ManidpError(f"{path}: lists no experiment")
     return out
+
+
+def _check_header(path: Path) -> None:
+    """A row with more cells than the header: pandas would take the first column as the index and
+    shift every other one (a missing ``arch`` header showed as "unknown dataset 'resnet32'")."""
+    try:
+        lines = [ln.split("#", 1)[0].rstrip("\r\n") for ln in path.read_text().splitlines()]
+    except UnicodeDecodeError:
+        return                        # read_csv reports it
+    rows = [ln.split("\t") for ln in lines if ln.strip()]
+    if not rows:
+        return
+    header = [c.strip() for c in rows[0]]
+    for i, row in enumerate(rows[1:]):
+        if len(row) > len(header):
+            missing = [c for c in COLUMNS[:len(row)] if c not in header]
+            if not any(c.strip() for c in row[len(header):]):
+                what = "remove the tabs at its end, or add the missing column to the header"
+            elif missing:
+                what = f"column {missing[0]!r} is missing from the header"
+            else:
+                what = "the header lacks a column"
+            raise ManidpError(f"{path}: row {i + 1} has {len(row)} cells but the header only {len(header)}: "
+                              f"{what}; the columns are {', '.join(COLUMNS)}")
 
 
 def _epochs(text, where: str) -> int | None:
