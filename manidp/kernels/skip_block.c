@@ -394,3 +394,15 @@ void manidp_pool(const float *x, int64_t c, int64_t h, int64_t w, float *out)
 }
 
 int64_t manidp_slack(void) { return SLACK; }
+
+/* The vector ISA this build's register tile was compiled for (see VL, NV above). */
+const char *manidp_isa(void)
+{
+#if defined(__AVX512F__)
+    return "AVX-512";
+#elif defined(__AVX2__)
+    return "AVX2";
+#else
+    return "generic";
+#endif
+}
