@@ -398,24 +398,21 @@ class SkippingResNet(nn.Module):
         union = strategy == "union" and x.shape[0] > 1
         native_loop = self.kernel == "native" and x.device.type == "cpu" and not union
         if native_loop:
-            # The C kernel takes the stem convolution's output and does ReLU + max-pool itself.
+            # The C kernel takes the stem convolution's output and does ReLU + max-pool itself,
+            # then every block in one call (see _network_native).
             x, stem_macs = self._stem_conv(x)
-            one = self._blocks_native
-        else:
+            x, macs, kept = self._network_native(x)
+            executed = [stem_macs + m for m in macs]
+        elif union:
             x, stem_macs = self._stem(x)
-            one = self._blocks_one
-        if union:
             x, macs, kept = self._blocks_union(x)
             x = x.mean((2, 3))
             executed = [stem_macs + macs] * x.shape[0]
-        elif native_loop and x.shape[0] > 1 and torch.get_num_threads() > 1:
-            # A batch: whole instances in parallel, one thread each (see _network_native).
-            x, macs, kept = self._network_native(x)
-            executed = [stem_macs + m for m in macs]
         else:
+            x, stem_macs = self._stem(x)
             outs, executed, kept = [], [], []
             for i in range(x.shape[0]):
-                y, macs, counts = one(x[i:i + 1])
+                y, macs, counts = self._blocks_one(x[i:i + 1])
                 outs.append(y)
                 executed.append(stem_macs + macs)
                 kept.append(counts)
@@ -447,15 +444,23 @@ class SkippingResNet(nn.Module):
         x = self._relu_pool(x)
         return to_padded(x[0]), x.shape[2], x.shape[3]
 
+    def _native_blocks(self):
+        """Every block's ``block_t`` as one C array, rebuilt only if a block's buffers moved."""
+        weights = [b.native_weights() for b in self.blocks]
+        key = [id(w) for w in weights]
+        if getattr(self, "_native_array", (None,))[0] != key:
+            self._native_array = (key, (native.BlockWeights * len(weights))(*weights))
+        return self._native_array[1]
+
     def _network_native(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int], torch.Tensor]:
-        """A batch of stem convolution outputs through every block with the C kernel, instances
-        split across threads, each single-threaded (at batch > 1 whole instances keep the cores
-        busier than tiles of one small GEMM) -> (pooled features [B, C], block MACs per instance,
-        kept counts [B, num_gates])."""
+        """A batch of stem convolution outputs through every block with the C kernel, in one call:
+        at batch 1 the instance uses every thread; at batch > 1 instances are split across threads,
+        each single-threaded (whole instances keep the cores busier than tiles of one small GEMM)
+        -> (pooled features [B, C], block MACs per instance, kept counts [B, num_gates])."""
         n = x.shape[0]
         bufs = [self._padded_stem_output(x[i:i + 1]) for i in range(n)]
         h, w = bufs[0][1], bufs[0][2]
-        blocks = (native.BlockWeights * len(self.blocks))(*[b.native_weights() for b in self.blocks])
+        blocks = self._native_blocks()
         pointers = (ctypes.c_void_p * n)(*[b[0].data_ptr() for b in bufs])
         pooled = x.new_empty(n, blocks[-1].c_out)
         macs = torch.empty(n, dtype=torch.int64)

@@ -326,7 +326,9 @@ done:
 }
 
 /* A batch through ``nblocks`` blocks, one instance per thread (each instance single-threaded): at
- * batch > 1 this keeps both cores busy on whole instances instead of splitting small GEMMs.
+ * batch > 1 this keeps both cores busy on whole instances instead of splitting small GEMMs. At
+ * batch 1 the one instance runs every block with ``threads`` threads: one call for the whole
+ * network, so that a CIFAR ResNet's 27 small blocks do not each pay a call from Python.
  * ``inputs[i]``: instance i's padded-planar map (c0 x h0 x w0), updated in place by identity blocks.
  * Writes the global average pool of each instance's last map to ``pooled`` [n][c_last], its MACs
  * to ``macs`` [n] and its kept counts to ``kept`` [n][nblocks][2]. Returns 0, or -1 if memory ran
@@ -336,7 +338,8 @@ int manidp_network(const block_t *blocks, int64_t nblocks, int64_t n, float *con
 {
     int failed = 0;
     const int64_t c_last = blocks[nblocks - 1].c_out;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(| : failed)
+    const int inner = n == 1 ? threads : 1;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(| : failed) if (n > 1)
     for (int64_t i = 0; i < n; i++) {
         float *x = inputs[i], *owned = NULL;
         int64_t h = h0, w = w0, m = 0;
@@ -348,7 +351,7 @@ int manidp_network(const block_t *blocks, int64_t nblocks, int64_t n, float *con
                 out = malloc(sizeof(float) * (b->c_out * (ho + 2) * (wo + 2) + SLACK));
                 if (!out) { failed = 1; break; }
             }
-            const int64_t mj = manidp_block(b, x, out, h, w, 1, kept + (i * nblocks + j) * 2);
+            const int64_t mj = manidp_block(b, x, out, h, w, inner, kept + (i * nblocks + j) * 2);
             if (mj < 0) failed = 1;
             m += mj;
             if (out != x) { free(owned); owned = x = out; }
