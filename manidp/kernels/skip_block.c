@@ -58,7 +58,9 @@ typedef struct {
     int mode;
 } gemm_t;
 
-static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t m0, int mr, int64_t n0)
+/* ``mr`` rows x ``nv`` vectors (both compile-time constants after inlining into tile_any). */
+static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t m0, int mr, int nv,
+                                                       int64_t n0)
 {
     vf acc[MR][NV];
     const float *a[MR];
@@ -70,43 +72,56 @@ static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t 
     for (int64_t k = 0; k < g->K; k++) {
         const float *bk = b + g->boff[k];
         vf bv[NV];
-        for (int v = 0; v < NV; v++) bv[v] = load(bk + v * VL);
+        for (int v = 0; v < nv; v++) bv[v] = load(bk + v * VL);
         const int64_t ck = g->acol[k];
 #pragma GCC unroll 6
         for (int i = 0; i < mr; i++) {
             const vf ai = splat(a[i][ck]);
-            for (int v = 0; v < NV; v++) acc[i][v] += ai * bv[v];
+            for (int v = 0; v < nv; v++) acc[i][v] += ai * bv[v];
         }
     }
-    const int64_t nv = g->N - n0 < NR ? g->N - n0 : NR;
+    const int64_t cols = g->N - n0 < nv * VL ? g->N - n0 : nv * VL;
     const float *mask = g->mask + n0;
     for (int i = 0; i < mr; i++) {
         float t[NR];
-        memcpy(t, acc[i], sizeof t);
+        memcpy(t, acc[i], sizeof(vf) * nv);
         float *c = g->C + g->crow[m0 + i] + n0;
         const float bias = g->bias ? g->bias[m0 + i] : 0.0f;
         const float scale = g->scale ? g->scale[m0 + i] : 1.0f;
         if (g->mode == STORE)
-            for (int64_t n = 0; n < nv; n++) c[n] = (t[n] + bias) * scale * mask[n];
+            for (int64_t n = 0; n < cols; n++) c[n] = (t[n] + bias) * scale * mask[n];
         else if (g->mode == STORE_RELU)
-            for (int64_t n = 0; n < nv; n++) c[n] = relu(t[n] + bias) * scale * mask[n];
+            for (int64_t n = 0; n < cols; n++) c[n] = relu(t[n] + bias) * scale * mask[n];
         else
-            for (int64_t n = 0; n < nv; n++) c[n] += (t[n] + bias) * scale * mask[n];
+            for (int64_t n = 0; n < cols; n++) c[n] += (t[n] + bias) * scale * mask[n];
     }
 }
 
-/* One specialised copy of the tile per row count, so that the accumulators stay in registers. */
+/* One specialised copy of the tile per row count and vector count, so that the accumulators stay
+ * in registers. A map's last column panel is narrower than NR when the padded-width grid is not a
+ * multiple of NR (8x8: 80 columns = 64 + 16; 14x14: 224 = 3 x 64 + 32): it gets only the vectors
+ * it needs, where a full tile computed up to 1.6x the columns (ResNet-56's 8x8 stage). */
+#define ROWS(nv)                                                              \
+    switch (mr) {                                                             \
+    case 6: tile(g, m0, 6, nv, n0); break;                                    \
+    case 5: tile(g, m0, 5, nv, n0); break;                                    \
+    case 4: tile(g, m0, 4, nv, n0); break;                                    \
+    case 3: tile(g, m0, 3, nv, n0); break;                                    \
+    case 2: tile(g, m0, 2, nv, n0); break;                                    \
+    default: tile(g, m0, 1, nv, n0); break;                                   \
+    }
 static void tile_any(const gemm_t *g, int64_t m0, int mr, int64_t n0)
 {
-    switch (mr) {       /* mr <= MR = 6 */
-    case 6: tile(g, m0, 6, n0); break;
-    case 5: tile(g, m0, 5, n0); break;
-    case 4: tile(g, m0, 4, n0); break;
-    case 3: tile(g, m0, 3, n0); break;
-    case 2: tile(g, m0, 2, n0); break;
-    default: tile(g, m0, 1, n0); break;
-    }
+    const int64_t left = (g->N - n0 + VL - 1) / VL;      /* vectors left in this panel */
+#if NV == 4
+    if (left == 1) { ROWS(1) } else if (left == 2) { ROWS(2) } else if (left == 3) { ROWS(3) } else { ROWS(4) }
+#elif NV == 2
+    if (left == 1) { ROWS(1) } else { ROWS(2) }
+#else
+#error "tile_any: NV must be 2 or 4"
+#endif
 }
+#undef ROWS
 
 /* Tiles ordered column panel by column panel, rows inside: a thread's consecutive tiles reuse one B
  * panel from cache. Static schedule over the flat tile index splits the rows when there is a single
