@@ -398,11 +398,9 @@ class SkippingResNet(nn.Module):
         union = strategy == "union" and x.shape[0] > 1
         native_loop = self.kernel == "native" and x.device.type == "cpu" and not union
         if native_loop:
-            # The C kernel takes the stem convolution's output and does ReLU + max-pool itself,
-            # then every block in one call (see _network_native).
-            x, stem_macs = self._stem_conv(x)
-            x, macs, kept = self._network_native(x)
-            executed = [stem_macs + m for m in macs]
+            # The C kernel runs the stem (conv, ReLU, max-pool) and then every block in one call
+            # (see _network_native); its MACs include the stem's.
+            x, executed, kept = self._network_native(x)
         elif union:
             x, stem_macs = self._stem(x)
             x, macs, kept = self._blocks_union(x)
@@ -431,18 +429,27 @@ class SkippingResNet(nn.Module):
             counts += [n1, n2]
         return x.mean((2, 3)), macs, counts
 
-    def _padded_stem_output(self, x: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, int, int]:
-        """One instance's stem convolution output (before ReLU) -> ReLU, max-pool, in the padded-planar
-        layout (:func:`to_padded`), with its height and width."""
-        c, h, w = x.shape[1:]
-        if self.maxpool and x.stride() == (c * h * w, 1, w * c, c):       # channels-last
-            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-            buf = x.new_zeros(padded_size(c, h, w))
-            native.load().manidp_relu_maxpool(x.data_ptr(), c, x.shape[2], x.shape[3],
-                                              buf.data_ptr(), threads or torch.get_num_threads())
-            return buf, h, w
-        x = self._relu_pool(x)
-        return to_padded(x[0]), x.shape[2], x.shape[3]
+    def _native_stem(self, image: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, int, int, int]:
+        """One image [C, H, W] through the stem with the C kernel: convolution (BN folded), ReLU
+        and the ImageNet max-pool, into the padded-planar layout (:func:`to_padded`) -> (map, its
+        height, width, the stem's MACs). oneDNN ran ImageNet's 7x7/2 stem at batch 1 at less than
+        half the blocks' GEMM rate (3.9 of ResNet-34's 31 ms, 1 thread)."""
+        conv = self.stem
+        c_out, c_in, k, _ = conv.weight.shape
+        s, p = conv.stride[0], conv.padding[0]
+        h, w = image.shape[-2:]
+        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        if self.maxpool:
+            ho, wo = (ho - 1) // 2 + 1, (wo - 1) // 2 + 1
+        buf = image.new_zeros(padded_size(c_out, ho, wo))
+        image = image.contiguous()
+        macs = native.load().manidp_stem(image.data_ptr(), c_in, h, w, conv.weight.data_ptr(),
+                                         None if conv.bias is None else conv.bias.data_ptr(), c_out,
+                                         k, s, p, int(self.maxpool), buf.data_ptr(),
+                                         threads or torch.get_num_threads())
+        if macs < 0:
+            raise MemoryError("manidp.accel native kernel: out of memory")
+        return buf, ho, wo, macs
 
     def _native_blocks(self):
         """Every block's ``block_t`` as one C array, rebuilt only if a block's buffers moved."""
@@ -453,12 +460,13 @@ class SkippingResNet(nn.Module):
         return self._native_array[1]
 
     def _network_native(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int], torch.Tensor]:
-        """A batch of stem convolution outputs through every block with the C kernel, in one call:
-        at batch 1 the instance uses every thread; at batch > 1 instances are split across threads,
-        each single-threaded (whole instances keep the cores busier than tiles of one small GEMM)
-        -> (pooled features [B, C], block MACs per instance, kept counts [B, num_gates])."""
+        """A batch of images through the stem (one C call per image) and then every block with the
+        C kernel, in one call: at batch 1 the instance uses every thread; at batch > 1 instances
+        are split across threads, each single-threaded (whole instances keep the cores busier than
+        tiles of one small GEMM) -> (pooled features [B, C], stem and block MACs per instance,
+        kept counts [B, num_gates])."""
         n = x.shape[0]
-        bufs = [self._padded_stem_output(x[i:i + 1]) for i in range(n)]
+        bufs = [self._native_stem(x[i]) for i in range(n)]
         h, w = bufs[0][1], bufs[0][2]
         blocks = self._native_blocks()
         pointers = (ctypes.c_void_p * n)(*[b[0].data_ptr() for b in bufs])
@@ -470,13 +478,14 @@ class SkippingResNet(nn.Module):
                                               macs.data_ptr(), kept.data_ptr())
         if status != 0:
             raise MemoryError("manidp.accel native kernel: out of memory")
-        return pooled, macs.tolist(), kept
+        return pooled, [m + b[3] for m, b in zip(macs.tolist(), bufs)], kept
 
     def _blocks_native(self, x: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, int, list[int]]:
-        """One instance's stem convolution output (before ReLU) through ReLU, max-pool and every
-        block with the C kernel, on padded-planar maps (see :func:`to_padded`)."""
-        buf, h, w = self._padded_stem_output(x, threads)
-        macs, counts = 0, []
+        """One image [1, C, H, W] through the C stem and then block by block, one C call each, on
+        padded-planar maps (see :func:`to_padded`): the per-block path, which _network_native must
+        match bit for bit -> (pooled features, stem and block MACs, kept counts)."""
+        buf, h, w, macs = self._native_stem(x[0], threads)
+        counts = []
         for block in self.blocks:
             buf, h, w, m, n1, n2 = block.forward_native(buf, h, w, threads)
             macs += m

@@ -132,12 +132,13 @@ def load() -> ctypes.CDLL | None:
     lib.manidp_network.argtypes = [ctypes.POINTER(BlockWeights), ctypes.c_int64, ctypes.c_int64,
                                    ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64, ctypes.c_int64,
                                    ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.manidp_stem.restype = ctypes.c_int64
+    lib.manidp_stem.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
     lib.manidp_pool.restype = None
     lib.manidp_pool.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                 ctypes.c_void_p]
-    lib.manidp_relu_maxpool.restype = None
-    lib.manidp_relu_maxpool.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     _lib = lib
     return lib
 

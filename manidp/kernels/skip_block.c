@@ -201,24 +201,31 @@ static int64_t kept(const float *pi, int64_t c, float threshold, int64_t *idx)
  * 1, so the GEMM reads taps in place. Each input float is copied once; gathering the 9 taps into
  * the output grid instead wrote 9/s^2 floats per input (2.25x the map at stride 2), and the
  * stride-2 blocks ran at 0.75 of ONNX Runtime's time where the others ran at 0.55. The 1x1
- * projection shortcut reads phase (1, 1) of the same split. Unwritten floats are zero, and the
- * buffer ends with SLACK zeros. Planes are ``*pp`` floats. */
-static float *phases(const float *x, int64_t c, int64_t h, int64_t w, int64_t s, int64_t ho,
-                     int64_t wo, int64_t *pp, int threads)
+ * projection shortcut reads phase (1, 1) of the same split. ``x``: c planes of h x w, read with
+ * ``pad`` rows and columns of zeros around them (a padded-planar map: its padded size, pad 0).
+ * Phase planes have row pitch ``pitch`` and at least ``min_rows`` rows (``*pp`` floats each);
+ * unwritten floats are zero, and the buffer ends with SLACK zeros. */
+static float *phases(const float *x, int64_t c, int64_t h, int64_t w, int64_t pad, int64_t s,
+                     int64_t pitch, int64_t min_rows, int64_t *pp, int threads)
 {
-    const int64_t wp = wo + 2, rows = (h + 2 + s - 1) / s, planes = c * s * s;
-    const int64_t pr = rows > ho + 2 ? rows : ho + 2, size = pr * wp;
+    const int64_t hp = h + 2 * pad, wq = w + 2 * pad, planes = c * s * s;
+    const int64_t rows = (hp + s - 1) / s > min_rows ? (hp + s - 1) / s : min_rows, size = rows * pitch;
     float *out = malloc(sizeof(float) * (planes * size + SLACK));
     if (!out) return NULL;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < planes; i++) {
         const int64_t py = (i % (s * s)) / s, px = i % s;
-        const float *src = x + (i / (s * s)) * (h + 2) * (w + 2);
+        const float *src = x + (i / (s * s)) * h * w;
         float *dst = out + i * size;
         memset(dst, 0, sizeof(float) * size);
-        for (int64_t r = 0; s * r + py < h + 2; r++)
-            for (int64_t q = 0; s * q + px < w + 2; q++)
-                dst[r * wp + q] = src[(s * r + py) * (w + 2) + s * q + px];
+        for (int64_t r = 0; s * r + py < hp; r++) {
+            const int64_t sy = s * r + py - pad;
+            if (sy < 0 || sy >= h) continue;
+            for (int64_t q = 0; s * q + px < wq; q++) {
+                const int64_t sx = s * q + px - pad;
+                if (sx >= 0 && sx < w) dst[r * pitch + q] = src[sy * w + sx];
+            }
+        }
     }
     memset(out + planes * size, 0, sizeof(float) * SLACK);
     *pp = size;
@@ -281,7 +288,7 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
     /* A strided block reads its input through the polyphase split (shortcut and conv_a). */
     const float *src = x;
     if (s > 1) {
-        split = phases(x, b->c_in, h, w, s, ho, wo, &pp, threads);
+        split = phases(x, b->c_in, h + 2, w + 2, 0, s, wp, ho + 2, &pp, threads);
         if (!split) { macs = -1; goto done; }
         src = split;
     }
@@ -393,29 +400,62 @@ int manidp_network(const block_t *blocks, int64_t nblocks, int64_t n, float *con
     return failed ? -1 : 0;
 }
 
-/* The ImageNet stem's ReLU + 3x3/2 max-pool (padding 1), from the stem convolution's channels-last
- * output ``y`` [h][w][c] into the zero-initialised padded-planar buffer ``out`` that the first block
- * reads. max(ReLU(.)) = ReLU(max(.)), and zero padding equals -inf padding on ReLU output. */
-void manidp_relu_maxpool(const float *y, int64_t c, int64_t h, int64_t w, float *out, int threads)
+/* The stem: a k x k convolution, stride s, padding pad (BN folded), ReLU, then (``maxpool``) the
+ * ImageNet stem's 3x3/2 max-pool (padding 1), from one plain [c_in][h][w] image into the
+ * zero-initialised padded-planar buffer ``out`` that the first block reads. The convolution is the
+ * blocks' GEMM over a polyphase split of the image (no im2col: ImageNet's 7x7/2 stem is 49 taps),
+ * on a grid of row pitch wo + (k - 1) / s: tap (dy, dx) reads phase columns up to x + (k - 1) / s.
+ * ReLU output is >= 0, so the pool's zero padding equals -inf padding. Returns the stem's MACs, or
+ * -1 if memory ran out. */
+int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const float *wt,
+                    const float *bias, int64_t c_out, int64_t k, int64_t s, int64_t pad, int maxpool,
+                    float *out, int threads)
 {
-    const int64_t ho = (h - 1) / 2 + 1, wo = (w - 1) / 2 + 1, wp = wo + 2, plane = (ho + 2) * wp;
+    const int64_t ho = (h + 2 * pad - k) / s + 1, wo = (w + 2 * pad - k) / s + 1;
+    const int64_t pitch = wo + (k - 1) / s, n = ho * pitch, kk = c_in * k * k;
+    int64_t pp = 0, macs = -1;
+    float *split = phases(x, c_in, h, w, pad, s, pitch, ho + (k - 1) / s + 1, &pp, threads);
+    float *y = malloc(sizeof(float) * (c_out * n + SLACK)), *mask = malloc(sizeof(float) * n);
+    int64_t *arow = malloc(sizeof(int64_t) * c_out), *crow = malloc(sizeof(int64_t) * c_out);
+    int64_t *acol = malloc(sizeof(int64_t) * kk), *boff = malloc(sizeof(int64_t) * kk);
+    if (!split || !y || !mask || !arow || !crow || !acol || !boff) goto done;
+    for (int64_t i = 0; i < n; i++) mask[i] = (i % pitch) < wo ? 1.0f : 0.0f;
+    for (int64_t i = 0; i < c_out; i++) { arow[i] = i * kk; crow[i] = i * n; }
+    for (int64_t c = 0; c < c_in; c++)
+        for (int64_t t = 0; t < k * k; t++) {
+            const int64_t dy = t / k, dx = t % k, j = c * k * k + t;
+            acol[j] = j;
+            boff[j] = (c * s * s + (dy % s) * s + dx % s) * pp + (dy / s) * pitch + dx / s;
+        }
+    gemm_t g = {c_out, kk, n, wt, arow, acol, split, boff, y, crow, bias, NULL, mask, STORE_RELU};
+    macs = gemm(&g, threads) * ho * wo;
+    const int64_t h2 = maxpool ? (ho - 1) / 2 + 1 : ho, w2 = maxpool ? (wo - 1) / 2 + 1 : wo;
+    const int64_t wp2 = w2 + 2, plane2 = (h2 + 2) * wp2;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < ho; i++) {
-        float m[c];
-        for (int64_t j = 0; j < wo; j++) {
-            for (int64_t ch = 0; ch < c; ch++) m[ch] = 0.0f;
+    for (int64_t ch = 0; ch < c_out; ch++) {
+        const float *src = y + ch * n;
+        float *dst = out + ch * plane2 + wp2 + 1, cm[wo];
+        for (int64_t i = 0; i < h2; i++) {
+            if (!maxpool) { memcpy(dst + i * wp2, src + i * pitch, sizeof(float) * wo); continue; }
+            /* Separable: the max over the window's rows, column by column (vectorises), then over
+             * each window's three columns. */
+            for (int64_t q = 0; q < wo; q++) cm[q] = 0.0f;
             for (int64_t r = 2 * i - 1; r <= 2 * i + 1; r++) {
-                if (r < 0 || r >= h) continue;
-                for (int64_t q = 2 * j - 1; q <= 2 * j + 1; q++) {
-                    if (q < 0 || q >= w) continue;
-                    const float *src = y + (r * w + q) * c;
-                    for (int64_t ch = 0; ch < c; ch++) m[ch] = src[ch] > m[ch] ? src[ch] : m[ch];
-                }
+                if (r < 0 || r >= ho) continue;
+                const float *row = src + r * pitch;
+                for (int64_t q = 0; q < wo; q++) cm[q] = row[q] > cm[q] ? row[q] : cm[q];
             }
-            float *dst = out + (i + 1) * wp + j + 1;
-            for (int64_t ch = 0; ch < c; ch++) dst[ch * plane] = m[ch];
+            for (int64_t j = 0; j < w2; j++) {
+                float m = cm[2 * j];
+                if (j > 0 && cm[2 * j - 1] > m) m = cm[2 * j - 1];
+                if (2 * j + 1 < wo && cm[2 * j + 1] > m) m = cm[2 * j + 1];
+                dst[i * wp2 + j] = m;
+            }
         }
     }
+done:
+    free(split); free(y); free(mask); free(arow); free(crow); free(acol); free(boff);
+    return macs;
 }
 
 /* Global average pool of a padded-planar map into ``out`` [c] (the head's input), single-threaded
