@@ -29,6 +29,7 @@ the result is the same and every instance is charged the union's cost.
 from __future__ import annotations
 
 import ctypes
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -429,35 +430,52 @@ class SkippingResNet(nn.Module):
             counts += [n1, n2]
         return x.mean((2, 3)), macs, counts
 
-    def _native_stem(self, image: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, int, int, int]:
-        """One image [C, H, W] through the stem with the C kernel: convolution (BN folded), ReLU
-        and the ImageNet max-pool, into the padded-planar layout (:func:`to_padded`) -> (map, its
-        height, width, the stem's MACs). oneDNN ran ImageNet's 7x7/2 stem at batch 1 at less than
-        half the blocks' GEMM rate (3.9 of ResNet-34's 31 ms, 1 thread)."""
-        conv = self.stem
-        c_out, c_in, k, _ = conv.weight.shape
-        s, p = conv.stride[0], conv.padding[0]
-        h, w = image.shape[-2:]
+    def _stem_size(self, h: int, w: int) -> tuple[int, int, int]:
+        """Channels, height and width of the stem's output (after the max-pool) for an h x w image."""
+        c_out, _, k, _ = self.stem.weight.shape
+        s, p = self.stem.stride[0], self.stem.padding[0]
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         if self.maxpool:
             ho, wo = (ho - 1) // 2 + 1, (wo - 1) // 2 + 1
-        buf = image.new_zeros(padded_size(c_out, ho, wo))
+        return c_out, ho, wo
+
+    def _native_stem(self, image: torch.Tensor, out: torch.Tensor, threads: int | None = None) -> int:
+        """One image [C, H, W] through the stem with the C kernel: convolution (BN folded), ReLU
+        and the ImageNet max-pool, written whole into ``out`` in the padded-planar layout
+        (:func:`to_padded`, size from :meth:`_stem_size`) -> the stem's MACs. oneDNN ran
+        ImageNet's 7x7/2 stem at batch 1 at less than half the blocks' GEMM rate (3.9 of
+        ResNet-34's 31 ms, 1 thread)."""
+        conv = self.stem
+        c_out, c_in, k, _ = conv.weight.shape
         image = image.contiguous()
-        macs = native.load().manidp_stem(image.data_ptr(), c_in, h, w, conv.weight.data_ptr(),
+        macs = native.load().manidp_stem(image.data_ptr(), c_in, image.shape[1], image.shape[2],
+                                         conv.weight.data_ptr(),
                                          None if conv.bias is None else conv.bias.data_ptr(), c_out,
-                                         k, s, p, int(self.maxpool), buf.data_ptr(),
-                                         threads or torch.get_num_threads())
+                                         k, conv.stride[0], conv.padding[0], int(self.maxpool),
+                                         out.data_ptr(), threads or torch.get_num_threads())
         if macs < 0:
             raise MemoryError("manidp.accel native kernel: out of memory")
-        return buf, ho, wo, macs
+        return macs
+
+    def _workspace(self, n: int, size: int) -> torch.Tensor:
+        """[n, size] floats for the batch's stem outputs, kept between calls (one per calling
+        thread): a fresh 74 KB tensor per call cost ~40 us of page faults at batch 1 on CIFAR,
+        about 3% of ResNet-56's latency."""
+        spaces = self.__dict__.setdefault("_workspaces", {})
+        ws = spaces.get(threading.get_ident())
+        if ws is None or ws.shape != (n, size):
+            spaces[threading.get_ident()] = ws = torch.empty(n, size)
+        return ws
 
     def _native_blocks(self):
-        """Every block's ``block_t`` as one C array, rebuilt only if a block's buffers moved."""
-        weights = [b.native_weights() for b in self.blocks]
-        key = [id(w) for w in weights]
-        if getattr(self, "_native_array", (None,))[0] != key:
-            self._native_array = (key, (native.BlockWeights * len(weights))(*weights))
-        return self._native_array[1]
+        """Every block's ``block_t`` as one C array, rebuilt only if a block's buffers moved (one
+        pointer per block checked: asking 27 blocks for their ``block_t`` cost ~25 us per call)."""
+        key = tuple(b.wa.data_ptr() for b in self.blocks)
+        cached = self.__dict__.get("_native_array")
+        if cached is None or cached[0] != key:
+            weights = [b.native_weights() for b in self.blocks]
+            self._native_array = cached = (key, (native.BlockWeights * len(weights))(*weights))
+        return cached[1]
 
     def _network_native(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int], torch.Tensor]:
         """A batch of images through the stem (one C call per image) and then every block with the
@@ -466,10 +484,11 @@ class SkippingResNet(nn.Module):
         tiles of one small GEMM) -> (pooled features [B, C], stem and block MACs per instance,
         kept counts [B, num_gates])."""
         n = x.shape[0]
-        bufs = [self._native_stem(x[i]) for i in range(n)]
-        h, w = bufs[0][1], bufs[0][2]
+        c, h, w = self._stem_size(*x.shape[-2:])
+        bufs = self._workspace(n, padded_size(c, h, w))
+        stem_macs = [self._native_stem(x[i], bufs[i]) for i in range(n)]
         blocks = self._native_blocks()
-        pointers = (ctypes.c_void_p * n)(*[b[0].data_ptr() for b in bufs])
+        pointers = (ctypes.c_void_p * n)(*[b.data_ptr() for b in bufs])
         pooled = x.new_empty(n, blocks[-1].c_out)
         macs = torch.empty(n, dtype=torch.int64)
         kept = torch.empty(n, 2 * len(self.blocks), dtype=torch.int64)
@@ -478,13 +497,15 @@ class SkippingResNet(nn.Module):
                                               macs.data_ptr(), kept.data_ptr())
         if status != 0:
             raise MemoryError("manidp.accel native kernel: out of memory")
-        return pooled, [m + b[3] for m, b in zip(macs.tolist(), bufs)], kept
+        return pooled, [m + s for m, s in zip(macs.tolist(), stem_macs)], kept
 
     def _blocks_native(self, x: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, int, list[int]]:
         """One image [1, C, H, W] through the C stem and then block by block, one C call each, on
         padded-planar maps (see :func:`to_padded`): the per-block path, which _network_native must
         match bit for bit -> (pooled features, stem and block MACs, kept counts)."""
-        buf, h, w, macs = self._native_stem(x[0], threads)
+        c, h, w = self._stem_size(*x.shape[-2:])
+        buf = x.new_empty(padded_size(c, h, w))
+        macs = self._native_stem(x[0], buf, threads)
         counts = []
         for block in self.blocks:
             buf, h, w, m, n1, n2 = block.forward_native(buf, h, w, threads)

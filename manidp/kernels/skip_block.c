@@ -402,7 +402,8 @@ int manidp_network(const block_t *blocks, int64_t nblocks, int64_t n, float *con
 
 /* The stem: a k x k convolution, stride s, padding pad (BN folded), ReLU, then (``maxpool``) the
  * ImageNet stem's 3x3/2 max-pool (padding 1), from one plain [c_in][h][w] image into the
- * zero-initialised padded-planar buffer ``out`` that the first block reads. The convolution is the
+ * padded-planar buffer ``out`` that the first block reads (written whole: borders and SLACK zero,
+ * so the caller can reuse one buffer). The convolution is the
  * blocks' GEMM over a polyphase split of the image (no im2col: ImageNet's 7x7/2 stem is 49 taps),
  * on a grid of row pitch wo + (k - 1) / s: tap (dy, dx) reads phase columns up to x + (k - 1) / s.
  * ReLU output is >= 0, so the pool's zero padding equals -inf padding. Returns the stem's MACs, or
@@ -431,10 +432,12 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
     macs = gemm(&g, threads) * ho * wo;
     const int64_t h2 = maxpool ? (ho - 1) / 2 + 1 : ho, w2 = maxpool ? (wo - 1) / 2 + 1 : wo;
     const int64_t wp2 = w2 + 2, plane2 = (h2 + 2) * wp2;
+    memset(out + c_out * plane2, 0, sizeof(float) * SLACK);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t ch = 0; ch < c_out; ch++) {
         const float *src = y + ch * n;
         float *dst = out + ch * plane2 + wp2 + 1, cm[wo];
+        memset(out + ch * plane2, 0, sizeof(float) * plane2);
         for (int64_t i = 0; i < h2; i++) {
             if (!maxpool) { memcpy(dst + i * wp2, src + i * pitch, sizeof(float) * wo); continue; }
             /* Separable: the max over the window's rows, column by column (vectorises), then over
