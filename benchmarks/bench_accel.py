@@ -268,8 +268,7 @@ def run(arch: str, args) -> dict:
     return result
 
 
-DENSE_LABELS = {"dense": "PyTorch NCHW", "dense-nhwc": "PyTorch NHWC", "onnxruntime": "ONNX Runtime",
-                "openvino": "OpenVINO"}
+DENSE_LABELS = latency.DENSE_NAMES
 
 
 def _ms(d: dict, key: str, field: str = "median_ms", fmt: str = ".1f") -> str:

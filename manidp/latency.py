@@ -41,6 +41,8 @@ class ChannelsLast(torch.nn.Module):
 
 # Every way of running the dense model that is timed; speedups are against the fastest one present.
 DENSE = ("dense", "dense-nhwc", *dense_engines.ENGINES)
+DENSE_NAMES = {"dense": "PyTorch NCHW", "dense-nhwc": "PyTorch NHWC", "onnxruntime": "ONNX Runtime",
+               "openvino": "OpenVINO"}
 
 
 def dense_variants(twin: ResNet, example: torch.Tensor, threads: int | None = None,
