@@ -56,7 +56,8 @@ from manidp import accel, dense_engines, latency, native  # noqa: E402
 from manidp.latency import DENSE, best_dense, dense_twin, dense_variants  # noqa: E402
 from manidp.provenance import git_commit  # noqa: E402
 from manidp.macs import InstanceCounter, dense_macs, kept_counts  # noqa: E402
-from manidp.models import build_model  # noqa: E402
+from manidp.io import write_json  # noqa: E402
+from manidp.models import ARCHS, build_model  # noqa: E402
 
 # Paper's ManiDP-B MAC reductions (ImageNet) and the CIFAR ResNet-56 row.
 TARGETS = {"resnet34": 55.3, "resnet18": 55.1, "resnet56": 62.4}
@@ -424,6 +425,10 @@ def main(argv=None) -> None:
         plot(data, args.plot)
         print(f"wrote {args.plot}")
         return
+    archs = args.archs.split(",")
+    unknown = [a for a in archs if a not in ARCHS]
+    if unknown:
+        p.error(f"--archs: unknown architecture {', '.join(unknown)}: choose from {', '.join(ARCHS)}")
     env = {"torch": torch.__version__, "threads": args.threads, "python": platform.python_version(),
            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
            "clock": args.clock, "loadavg_start": os.getloadavg(),
@@ -434,17 +439,17 @@ def main(argv=None) -> None:
            "command": [Path(sys.executable).name, *sys.argv], "git_commit": git_commit(),
            "MANIDP_CFLAGS": os.environ.get("MANIDP_CFLAGS", "")}
     results = []
-    for arch in args.archs.split(","):
+    data = {"env": env, "results": results}
+    for arch in archs:
         results.append(run(arch, args))
         print(f"{arch}: done in {results[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
-    env["loadavg_end"] = os.getloadavg()
+        env["loadavg_end"] = os.getloadavg()
+        if args.out:                # after every model: a later failure keeps what was measured
+            write_json(args.out, data)
     print(table(results))
     print(f"\n{args.threads} thread(s), {args.clock} clock, engine kernel: {env['engine_kernel']} "
           f"built for {env['kernel_isa']} on a {env['cpu_isa']} CPU; "
           f"load average (1, 5, 15 min): start {env['loadavg_start']}, end {env['loadavg_end']}")
-    data = {"env": env, "results": results}
-    if args.out:
-        Path(args.out).write_text(json.dumps(data, indent=2))
     if args.plot:
         plot(data, args.plot)
 
