@@ -5,8 +5,12 @@ is needed) and one keep fraction for all gates, bisected so that the mean MAC re
 benchmark instances is the paper's ManiDP-B point. Then, side by side in one process, batch 1:
 
     dense            the plain ResNet with the same weights (torch eager, BN unfolded, NCHW)
-    dense-nhwc       the same in channels-last memory format, which oneDNN runs faster on CPU;
-                     speedups are reported against the faster of the two dense variants
+    dense-nhwc       the same in channels-last memory format, which oneDNN runs faster on CPU
+    onnxruntime      the plain ResNet exported to ONNX, in ONNX Runtime (CPU provider, every graph
+                     optimisation, the same thread count)
+    openvino         the same ONNX file in OpenVINO (CPU, latency hint, the same thread count,
+                     float32); both are optional (pip install -e .[bench]) and skipped, with a
+                     note, where not installed. Speedups are against the fastest dense variant.
     masked           the gated model as-is: dense convs times masks (the official code's way)
     engine           manidp.accel, executing only kept channels (the C kernel, kernel="auto"; the
                      PyTorch kernels where no C compiler is found: see env.engine_kernel)
@@ -15,10 +19,13 @@ benchmark instances is the paper's ManiDP-B point. Then, side by side in one pro
     engine-all-open  the engine with every gate open: dense cost through the engine's own code
                      (BN folded, its own GEMM), to separate skipping from kernel efficiency
 
+Each dense engine's logits are checked against PyTorch's (max abs diff in the JSON and the table).
 Latency: median per image over --repeats passes over the instances, after warm-up; variants are
 interleaved in every pass (rotating order) so background load hits them alike. Peak memory: a
-fresh subprocess per variant (ru_maxrss). Batch-32 throughput: dense, masked, engine "loop",
-engine "union".
+fresh subprocess per variant (ru_maxrss). Batch-32 throughput: every dense variant, masked, engine
+"loop", engine "union". The JSON records each engine's version, the CPU's vector ISA and the one the
+C kernel was built for (MANIDP_CFLAGS=-mno-avx512f builds the AVX2 kernel on an AVX-512 machine),
+the command line and the git commit.
 
     python benchmarks/bench_accel.py --out bench_accel.json
 """
@@ -45,10 +52,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from manidp import accel, latency, native  # noqa: E402
-from manidp.latency import ChannelsLast, dense_twin  # noqa: E402
+from manidp import accel, dense_engines, latency, native  # noqa: E402
+from manidp.latency import DENSE, best_dense, dense_twin, dense_variants  # noqa: E402
+from manidp.provenance import git_commit  # noqa: E402
 from manidp.macs import InstanceCounter, dense_macs, kept_counts  # noqa: E402
-from manidp.models import build_model  # noqa: E402
+from manidp.io import write_json  # noqa: E402
+from manidp.models import ARCHS, build_model  # noqa: E402
 
 # Paper's ManiDP-B MAC reductions (ImageNet) and the CIFAR ResNet-56 row.
 TARGETS = {"resnet34": 55.3, "resnet18": 55.1, "resnet56": 62.4}
@@ -70,11 +79,16 @@ def inputs(arch: str, n: int, seed: int) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def prepare(arch: str, n: int, seed: int) -> tuple[torch.nn.Module, torch.Tensor, float]:
+def target(arch: str, default: float = TARGETS["resnet56"]) -> float:
+    """The paper's MAC reduction for ``arch``; other CIFAR ResNets get ResNet-56's point."""
+    return TARGETS.get(arch, default)
+
+
+def prepare(arch: str, n: int, seed: int, reduction_pct: float | None = None) -> tuple[torch.nn.Module, torch.Tensor, float]:
     x = inputs(arch, n, seed)
     torch.manual_seed(seed)
     model = accel.randomize_(build_model(arch, gated=True), x, seed=seed)
-    reduction = accel.calibrate_to_reduction_(model, x, TARGETS[arch])
+    reduction = accel.calibrate_to_reduction_(model, x, reduction_pct or target(arch))
     return model, x, reduction
 
 
@@ -85,11 +99,13 @@ def all_open(model) -> torch.nn.Module:
     return model
 
 
-def variants(model) -> dict:
-    dense, engine = dense_twin(model), accel.convert(model)
-    engine_open = accel.convert(all_open(model))
-    return {"dense": dense, "dense-nhwc": ChannelsLast(dense), "masked": model, "engine": engine,
-            "engine-torch": accel.convert(model, kernel="torch"), "engine-all-open": engine_open}
+def variants(model, x: torch.Tensor, engines: tuple[str, ...]) -> tuple[dict, dict]:
+    """Every variant timed, and the dense engines' versions, absences and output checks."""
+    vs, info = dense_variants(dense_twin(model), x, engines=engines)
+    vs.update({"masked": model, "engine": accel.convert(model),
+               "engine-torch": accel.convert(model, kernel="torch"),
+               "engine-all-open": accel.convert(all_open(model))})
+    return vs, info
 
 
 CLOCK = time.perf_counter
@@ -105,12 +121,16 @@ def batch1(vs: dict, x: torch.Tensor, repeats: int) -> dict:
 
 
 def batch32(vs: dict, xb: torch.Tensor, repeats: int) -> dict:
-    fns = {"dense": lambda: vs["dense"](xb), "dense-nhwc": lambda: vs["dense-nhwc"](xb),
-           "masked": lambda: vs["masked"](xb),
-           "engine-loop": lambda: vs["engine"](xb, strategy="loop"),
-           "engine-union": lambda: vs["engine"](xb, strategy="union")}
+    fns = {k: (lambda m=vs[k]: m(xb)) for k in (*DENSE, "masked") if k in vs}
+    fns.update({"engine-loop": lambda: vs["engine"](xb, strategy="loop"),
+                "engine-union": lambda: vs["engine"](xb, strategy="union")})
     times = interleaved(fns, repeats, warmup=1)
     out = {k: {"images_per_s": len(xb) / statistics.median(v)} for k, v in times.items()}
+    dense = [k for k in DENSE if k in out]
+    out["best_dense"] = max(dense, key=lambda k: out[k]["images_per_s"])
+    best_engine = max(("engine-loop", "engine-union"), key=lambda k: out[k]["images_per_s"])
+    out["best_engine"] = best_engine
+    out["speedup"] = out[best_engine]["images_per_s"] / out[out["best_dense"]]["images_per_s"]
     with torch.inference_mode():
         for strategy in ("loop", "union"):
             vs["engine"](xb, strategy=strategy)
@@ -120,20 +140,31 @@ def batch32(vs: dict, xb: torch.Tensor, repeats: int) -> dict:
 
 
 def profile_blocks(vs: dict, x: torch.Tensor, repeats: int) -> list[dict]:
-    """Per-block latency of the dense model (NHWC) vs the engine's kernels, one instance. Each
+    """Per-block latency, one instance: PyTorch dense (NHWC), each block alone in ONNX Runtime
+    (where installed), the engine, the engine with every gate open and the PyTorch kernels. All-open
+    vs ONNX Runtime is the kernel's own efficiency; engine vs all-open is what skipping buys. Each
     engine call gets a fresh copy of the block input (identity blocks update it in place); the
-    copy is timed too, and is the same for both kernels' layouts' sizes within a few percent."""
+    copy is timed too."""
     dense, engine, torch_engine = vs["dense-nhwc"].model, vs["engine"], vs["engine-torch"]
+    opened = vs["engine-all-open"]
     rows = []
     with torch.inference_mode():
         h = dense.stem(x[:1].contiguous(memory_format=torch.channels_last))
-        for j, (db, eb, tb) in enumerate(zip(dense.blocks(), engine.blocks, torch_engine.blocks)):
+        for j, (db, eb, ob, tb) in enumerate(zip(dense.blocks(), engine.blocks, opened.blocks,
+                                                 torch_engine.blocks)):
             hh, hw = h.shape[2:]
             fns = {"dense": lambda: db(h),
                    "engine-torch": lambda: tb.forward_one(h.clone(memory_format=torch.channels_last))}
+            if "onnxruntime" in vs:
+                runners, _ = dense_engines.build(copy.deepcopy(db).to(memory_format=torch.contiguous_format),
+                                                 h.contiguous(), engines=("onnxruntime",))
+                if runners:
+                    hc = h.contiguous()
+                    fns["onnxruntime"] = lambda: runners["onnxruntime"](hc)
             if engine.kernel == "native":
                 padded = accel.to_padded(h[0])
                 fns["engine"] = lambda: eb.forward_native(padded.clone(), hh, hw)
+                fns["engine-all-open"] = lambda: ob.forward_native(padded.clone(), hh, hw)
                 *_, n1, n2 = eb.forward_native(padded.clone(), hh, hw)
             else:
                 fns["engine"] = fns["engine-torch"]
@@ -195,8 +226,11 @@ def memory(arch: str, model, threads: int) -> dict:
 
 def run(arch: str, args) -> dict:
     t0 = time.time()
-    model, x, reduction = prepare(arch, args.instances, args.seed)
-    vs = variants(model)
+    model, x, reduction = prepare(arch, args.instances, args.seed, target(arch, args.reduction))
+    engines = tuple(e for e in args.engines.split(",") if e)
+    vs, dense_info = variants(model, x, engines)
+    for name, why in dense_info["missing"].items():
+        print(f"{arch}: skipping {name}: {why}", file=sys.stderr, flush=True)
     with torch.inference_mode():
         vs["engine"](x)
     executed = vs["engine"].executed_macs
@@ -206,20 +240,23 @@ def run(arch: str, args) -> dict:
     dense = dense_macs(model)
     theory = dense / (sum(executed) / len(executed))
     result = {"arch": arch, "input_size": x.shape[-1], "instances": len(x),
-              "target_reduction_pct": TARGETS[arch], "reduction_pct": reduction,
+              "target_reduction_pct": target(arch, args.reduction), "reduction_pct": reduction,
               "dense_macs": dense, "executed_macs_mean": sum(executed) / len(executed),
               "executed_equals_analytic": executed == analytic,
-              "theoretical_speedup": theory}
+              "theoretical_speedup": theory, "dense_engines": dense_info}
     lat = batch1(vs, x, args.repeats)
     result["batch1"] = lat
-    best = min(("dense", "dense-nhwc"), key=lambda k: lat[k]["median_ms"])
+    best = best_dense({k: v["median_ms"] for k, v in lat.items()})
     result["best_dense"] = best
     speedup = lat[best]["median_ms"] / lat["engine"]["median_ms"]
     result["speedup"] = speedup
-    result["speedup_vs_nchw_dense"] = lat["dense"]["median_ms"] / lat["engine"]["median_ms"]
-    result["speedup_min"] = min(lat[k]["min_ms"] for k in ("dense", "dense-nhwc")) / lat["engine"]["min_ms"]
+    result["speedup_vs_pytorch_dense"] = min(lat[k]["median_ms"] for k in ("dense", "dense-nhwc")) \
+        / lat["engine"]["median_ms"]
+    result["speedup_min"] = min(lat[k]["min_ms"] for k in DENSE if k in lat) / lat["engine"]["min_ms"]
     result["fraction_of_theoretical"] = speedup / theory
     result["skipping_speedup"] = lat["engine-all-open"]["median_ms"] / lat["engine"]["median_ms"]
+    # The kernel's own efficiency: dense cost through the engine against the best dense engine.
+    result["all_open_vs_best_dense"] = lat[best]["median_ms"] / lat["engine-all-open"]["median_ms"]
     result["speedup_torch_kernels"] = lat[best]["median_ms"] / lat["engine-torch"]["median_ms"]
     if args.profile:
         result["blocks"] = profile_blocks(vs, x, args.repeats)
@@ -232,33 +269,47 @@ def run(arch: str, args) -> dict:
     return result
 
 
+DENSE_LABELS = latency.DENSE_NAMES
+
+
+def _ms(d: dict, key: str, field: str = "median_ms", fmt: str = ".1f") -> str:
+    return format(d[key][field], fmt) if key in d else "-"
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| model | MAC red. | theory | dense ms | dense NHWC ms | masked ms | engine ms | "
-             "speedup vs best dense | of theory | vs NCHW dense | engine all-open ms | "
-             "engine (PyTorch kernels) ms | its speedup |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    # Medians per image; speedup = faster dense / engine; theory = dense MACs / executed MACs.
+    """Markdown tables of the results; '-' where a dense engine was not installed."""
+    dense_cols = " | ".join(f"{v} ms" for v in DENSE_LABELS.values())
+    lines = [f"| model | MAC red. | theory | {dense_cols} | masked ms | engine ms | best dense | "
+             "speedup vs best dense | of theory | engine all-open ms | all-open vs best dense | "
+             "engine (PyTorch kernels) ms |", "|---" * 15 + "|"]
+    # Medians per image; speedup = fastest dense / engine; theory = dense MACs / executed MACs.
     for r in results:
         b = r["batch1"]
+        dense = " | ".join(_ms(b, k) for k in DENSE_LABELS)
         lines.append(
             f"| {r['arch']} @{r['input_size']} | {r['reduction_pct']:.1f}% | "
-            f"{r['theoretical_speedup']:.2f}x | {b['dense']['median_ms']:.1f} | "
-            f"{b['dense-nhwc']['median_ms']:.1f} | "
-            f"{b['masked']['median_ms']:.1f} | {b['engine']['median_ms']:.1f} | "
-            f"{r['speedup']:.2f}x | {100 * r['fraction_of_theoretical']:.0f}% | "
-            f"{r['speedup_vs_nchw_dense']:.2f}x | {b['engine-all-open']['median_ms']:.1f} | "
-            f"{b['engine-torch']['median_ms']:.1f} | {r['speedup_torch_kernels']:.2f}x |")
+            f"{r['theoretical_speedup']:.2f}x | {dense} | {_ms(b, 'masked')} | {_ms(b, 'engine', fmt='.2f')} | "
+            f"{DENSE_LABELS[r['best_dense']]} | {r['speedup']:.2f}x | "
+            f"{100 * r['fraction_of_theoretical']:.0f}% | {_ms(b, 'engine-all-open', fmt='.2f')} | "
+            f"{r['all_open_vs_best_dense']:.2f}x | {_ms(b, 'engine-torch')} |")
+    diffs = [f"{r['arch']}: " + ", ".join(f"{DENSE_LABELS[k]} {v:.1e}" for k, v in
+                                          r["dense_engines"]["max_abs_diff"].items())
+             for r in results if r["dense_engines"]["max_abs_diff"]]
+    if diffs:
+        lines += ["", "Dense engines' max |logit - PyTorch logit|: " + "; ".join(diffs)]
     if any("batch" in r for r in results):
-        lines += ["", "| model | batch | dense img/s | dense NHWC img/s | masked img/s | loop img/s | "
-                  "union img/s | union MAC red. |", "|---|---|---|---|---|---|---|---|"]
+        dense_cols = " | ".join(f"{v} img/s" for v in DENSE_LABELS.values())
+        lines += ["", f"| model | batch | {dense_cols} | masked img/s | loop img/s | union img/s | "
+                  "union MAC red. | best engine vs best dense |", "|---" * 11 + "|"]
         for r in results:
             if "batch" in r:
                 b = r["batch"]
+                dense = " | ".join(_ms(b, k, "images_per_s") for k in DENSE_LABELS)
                 lines.append(
-                    f"| {r['arch']} | {b['size']} | {b['dense']['images_per_s']:.1f} | "
-                    f"{b['dense-nhwc']['images_per_s']:.1f} | {b['masked']['images_per_s']:.1f} | {b['engine-loop']['images_per_s']:.1f} | "
-                    f"{b['engine-union']['images_per_s']:.1f} | "
-                    f"{b['engine-union']['reduction_pct']:.1f}% |")
+                    f"| {r['arch']} | {b['size']} | {dense} | {_ms(b, 'masked', 'images_per_s')} | "
+                    f"{_ms(b, 'engine-loop', 'images_per_s')} | {_ms(b, 'engine-union', 'images_per_s')} | "
+                    f"{b['engine-union']['reduction_pct']:.1f}% | {b['speedup']:.2f}x "
+                    f"({b['best_engine'][7:]} vs {DENSE_LABELS[b['best_dense']]}) |")
     if any("memory" in r for r in results):
         lines += ["", "| model | dense peak MB | masked peak MB | engine peak MB |", "|---|---|---|---|"]
         for r in results:
@@ -269,50 +320,67 @@ def table(results: list[dict]) -> str:
     for r in results:
         if "blocks" in r:
             lines += ["", f"Per block, {r['arch']}, batch 1 (median ms):", "",
-                      "| block | input | k1 | k2 | dense NHWC | engine | engine (PyTorch kernels) | "
-                      "engine / dense |", "|---|---|---|---|---|---|---|---|"]
+                      "| block | input | k1 | k2 | PyTorch NHWC | ONNX Runtime | engine all-open | engine | "
+                      "engine (PyTorch kernels) | all-open / ONNX Runtime | engine / ONNX Runtime |",
+                      "|---" * 11 + "|"]
             for b in r["blocks"]:
+                ort = b.get("onnxruntime_ms")
+                ms = [format(b[k], ".3f") if b.get(k) else "-" for k in
+                      ("dense_ms", "onnxruntime_ms", "engine-all-open_ms", "engine_ms", "engine-torch_ms")]
+                ratios = [f"{b[k] / ort:.2f}" if ort and k in b else "-"
+                          for k in ("engine-all-open_ms", "engine_ms")]
                 lines.append(f"| {b['block']} | {'x'.join(map(str, b['in']))} | {b['k1']} | {b['k2']} | "
-                             f"{b['dense_ms']:.2f} | {b['engine_ms']:.2f} | {b['engine-torch_ms']:.2f} | "
-                             f"{b['engine_ms'] / b['dense_ms']:.2f} |")
+                             + " | ".join(ms + ratios) + " |")
     return "\n".join(lines)
 
 
-VARIANT_LABELS = {"dense": "dense (NCHW)", "dense-nhwc": "dense (channels-last)",
+VARIANT_LABELS = {**{k: f"dense, {v}" for k, v in DENSE_LABELS.items()},
                   "masked": "masked (official way)", "engine-torch": "engine, PyTorch kernels",
-                  "engine": "engine, C kernel"}
+                  "engine-all-open": "engine, C kernel, all gates open", "engine": "engine, C kernel"}
 
 
 def plot(data: dict, path: str) -> None:
-    """Batch-1 latency per model and variant, relative to the faster dense model (bars), with the
-    theoretical time (dense / theoretical speedup) as a line: what --plot writes, from the JSON."""
+    """Batch-1 latency per model and variant, relative to the fastest dense engine (bars), with the
+    theoretical time (dense / theoretical speedup) as a line: what --plot writes, from the JSON.
+    Variants a run did not time (a dense engine not installed) are left out."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     results = data["results"]
     fig, ax = plt.subplots(figsize=(1.2 + 2.6 * len(results), 3.6))
-    width = 0.8 / len(VARIANT_LABELS)
-    for j, (key, label) in enumerate(VARIANT_LABELS.items()):
-        xs, ys = [], []
+    shown = {k: v for k, v in VARIANT_LABELS.items() if any(k in r["batch1"] for r in results)}
+    width = 0.8 / len(shown)
+    for j, (key, label) in enumerate(shown.items()):
+        xs, ys, ms = [], [], []
         for i, r in enumerate(results):
             lat = r["batch1"]
-            xs.append(i + (j - (len(VARIANT_LABELS) - 1) / 2) * width)
-            ys.append(lat[key]["median_ms"] / lat[r["best_dense"]]["median_ms"])
+            if key in lat:
+                xs.append(i + (j - (len(shown) - 1) / 2) * width)
+                ys.append(lat[key]["median_ms"] / lat[r["best_dense"]]["median_ms"])
+                ms.append(lat[key]["median_ms"])
         ax.bar(xs, ys, width, label=label)
-        for x, y, r in zip(xs, ys, results):
-            ax.text(x, y, f"{r['batch1'][key]['median_ms']:.1f}", ha="center", va="bottom", fontsize=6)
+        for x, y, m in zip(xs, ys, ms):
+            ax.text(x, y, f"{m:.1f}", ha="center", va="bottom", fontsize=5)
     for i, r in enumerate(results):
         ax.hlines(1 / r["theoretical_speedup"], i - 0.45, i + 0.45, colors="k", linestyles="--",
                   label="theoretical (dense MACs / executed MACs)" if i == 0 else None)
     ax.set_xticks(range(len(results)))
     ax.set_xticklabels([f"{r['arch']} @{r['input_size']}\n{r['reduction_pct']:.1f}% fewer MACs"
                         for r in results])
-    ax.set_ylabel("latency / faster dense (labels: ms)")
+    ax.set_ylabel("latency / fastest dense engine (labels: ms)")
     env = data["env"]
-    ax.set_title(f"batch 1, {env['threads']} thread(s), {env['clock']} clock, torch {env['torch']}", fontsize=9)
+    isa = f", CPU {env['cpu_isa']}, kernel built for {env['kernel_isa']}" if "cpu_isa" in env else ""
+    ax.set_title(f"batch 1, {env['threads']} thread(s), {env['clock']} clock{isa}", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> None:
@@ -325,10 +393,15 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batch-repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reduction", type=float, default=TARGETS["resnet56"],
+                   help="MAC reduction (%%) for archs without a paper point (default: ResNet-56's, %(default)s)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="cpu: process CPU time, robust to other processes' load; a latency only "
                         "with --threads 1")
     p.add_argument("--profile", action="store_true", help="also time every block, dense vs engine")
+    p.add_argument("--engines", default=",".join(dense_engines.ENGINES),
+                   help="dense engines to time beside PyTorch, where installed (default: %(default)s; "
+                        "'' for none)")
     p.add_argument("--plot", help="also draw the batch-1 latencies as a PNG here")
     p.add_argument("--replot", metavar="JSON", help="only redraw --plot from a saved --out JSON")
     p.add_argument("--skip-batch", action="store_true")
@@ -352,22 +425,31 @@ def main(argv=None) -> None:
         plot(data, args.plot)
         print(f"wrote {args.plot}")
         return
+    archs = args.archs.split(",")
+    unknown = [a for a in archs if a not in ARCHS]
+    if unknown:
+        p.error(f"--archs: unknown architecture {', '.join(unknown)}: choose from {', '.join(ARCHS)}")
     env = {"torch": torch.__version__, "threads": args.threads, "python": platform.python_version(),
            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
            "clock": args.clock, "loadavg_start": os.getloadavg(),
            "engine_kernel": "native" if native.load() is not None else "torch",
-           "native_unavailable": native.why_unavailable(), "native_flags": native.FLAGS}
+           "native_unavailable": native.why_unavailable(), "native_flags": native.FLAGS,
+           "cpu_isa": native.cpu_isa(), "kernel_isa": native.kernel_isa(),
+           "cpu_model": cpu_model(), "versions": {"torch": torch.__version__, **dense_engines.versions()},
+           "command": [Path(sys.executable).name, *sys.argv], "git_commit": git_commit(),
+           "MANIDP_CFLAGS": os.environ.get("MANIDP_CFLAGS", "")}
     results = []
-    for arch in args.archs.split(","):
+    data = {"env": env, "results": results}
+    for arch in archs:
         results.append(run(arch, args))
         print(f"{arch}: done in {results[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
-    env["loadavg_end"] = os.getloadavg()
+        env["loadavg_end"] = os.getloadavg()
+        if args.out:                # after every model: a later failure keeps what was measured
+            write_json(args.out, data)
     print(table(results))
-    print(f"\n{args.threads} thread(s), {args.clock} clock, engine kernel: {env['engine_kernel']}; "
+    print(f"\n{args.threads} thread(s), {args.clock} clock, engine kernel: {env['engine_kernel']} "
+          f"built for {env['kernel_isa']} on a {env['cpu_isa']} CPU; "
           f"load average (1, 5, 15 min): start {env['loadavg_start']}, end {env['loadavg_end']}")
-    data = {"env": env, "results": results}
-    if args.out:
-        Path(args.out).write_text(json.dumps(data, indent=2))
     if args.plot:
         plot(data, args.plot)
 

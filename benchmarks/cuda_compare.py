@@ -93,7 +93,7 @@ def train_step_ratio(arch: str) -> dict:
 
 def latency_resnet34() -> dict:
     model, x, reduction = bench_accel.prepare("resnet34", 8, 0)
-    vs = bench_accel.variants(model)
+    vs, _ = bench_accel.variants(model, x, engines=())      # ONNX Runtime / OpenVINO: CPU only
     out = {"mac_reduction_pct": reduction}
     for name in ("dense", "masked", "engine"):
         m = vs[name].to(DEV).eval()

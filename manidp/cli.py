@@ -286,7 +286,7 @@ def cmd_latency(args) -> None:
     from .checkpoint import model_from_checkpoint
     from .data import build_loaders
     from .io import write_json
-    from .latency import TIE_TOLERANCE, measure
+    from .latency import DENSE_NAMES, TIE_TOLERANCE, measure
     from .provenance import environment
     if args.repeats < 1:
         raise ManidpError(f"--repeats must be >= 1 (got {args.repeats})")
@@ -318,10 +318,16 @@ def cmd_latency(args) -> None:
         write_json(args.out, r)
         print(f"wrote {args.out}")
     ms = r["latency_ms"]
+    for name, why in r["dense_engines"]["missing"].items():
+        print(f"note: not timed: {why}", file=sys.stderr)
+    dense = ", ".join(f"{DENSE_NAMES[k]} {ms[k]:.2f} ms" for k in DENSE_NAMES if k in ms)
+    diffs = "".join(f", {DENSE_NAMES[k]} max |logit diff| vs PyTorch {v:.1e}"
+                    for k, v in r["dense_engines"]["max_abs_diff"].items())
     print(f"{r['arch']} @{r['input_size']}, {r['images']} test images, batch 1, {r['threads']} thread(s), "
-          f"engine kernel {r['kernel']}: dense {ms['dense']:.2f} ms (NHWC {ms['dense-nhwc']:.2f}), "
-          f"masked {ms['masked']:.2f} ms, engine {ms['engine']:.2f} ms = {r['speedup']:.2f}x over the "
-          f"faster dense (MAC reduction {r['reduction_pct']:.1f}%, theoretical {r['theoretical_speedup']:.2f}x)")
+          f"engine kernel {r['kernel']} ({r['kernel_isa'] or 'PyTorch ops'} on a {r['cpu_isa']} CPU): "
+          f"dense: {dense}; masked {ms['masked']:.2f} ms, engine {ms['engine']:.2f} ms = "
+          f"{r['speedup']:.2f}x over the fastest dense ({DENSE_NAMES[r['best_dense']]}; MAC reduction "
+          f"{r['reduction_pct']:.1f}%, theoretical {r['theoretical_speedup']:.2f}x{diffs})")
     if r["nonfinite_masked"]:
         print(f"warning: the masked model's logits are not finite on {r['nonfinite_masked']} of {r['images']} "
               f"images (the checkpoint's activations overflow); they are left out of the check",

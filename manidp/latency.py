@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from . import accel
+from . import accel, dense_engines, native
 from .macs import InstanceCounter, dense_macs, kept_counts
 from .models import ResNet, build_model
 from .progress import progress
@@ -37,6 +37,31 @@ class ChannelsLast(torch.nn.Module):
 
     def forward(self, x):
         return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+# Every way of running the dense model that is timed; speedups are against the fastest one present.
+DENSE = ("dense", "dense-nhwc", *dense_engines.ENGINES)
+DENSE_NAMES = {"dense": "PyTorch NCHW", "dense-nhwc": "PyTorch NHWC", "onnxruntime": "ONNX Runtime",
+               "openvino": "OpenVINO"}
+
+
+def dense_variants(twin: ResNet, example: torch.Tensor, threads: int | None = None,
+                   engines: tuple[str, ...] = dense_engines.ENGINES) -> tuple[dict, dict]:
+    """The dense model in PyTorch (NCHW, channels-last) and in every installed dense engine of
+    ``engines`` (ONNX Runtime, OpenVINO; see :mod:`manidp.dense_engines`), each checked against
+    PyTorch on ``example``. Returns (variants, info: versions, missing engines and why, and each
+    engine's max |logit - PyTorch logit|)."""
+    variants = {"dense": twin, "dense-nhwc": ChannelsLast(twin)}
+    runners, missing = dense_engines.build(twin, example, threads, engines)
+    variants.update(runners)
+    info = {"versions": {"torch": torch.__version__, **dense_engines.versions()}, "missing": missing,
+            "max_abs_diff": {k: dense_engines.max_abs_diff(r, twin, example) for k, r in runners.items()}}
+    return variants, info
+
+
+def best_dense(ms: dict[str, float]) -> str:
+    """The fastest dense variant among those timed (``ms``: variant -> median ms)."""
+    return min((k for k in DENSE if k in ms), key=ms.get)
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
@@ -88,9 +113,11 @@ def tie_margin(model: ResNet) -> torch.Tensor:
 
 
 def measure(model: ResNet, images: torch.Tensor, labels: torch.Tensor | None = None,
-            repeats: int = 5, kernel: str = "auto", show_progress: bool = False) -> dict:
+            repeats: int = 5, kernel: str = "auto", show_progress: bool = False,
+            engines: tuple[str, ...] = dense_engines.ENGINES) -> dict:
     """Check the engine against the masked model on ``images`` (batch 1 each), then time dense
-    (NCHW and channels-last), masked and engine. Returns a JSON-ready dict."""
+    (PyTorch NCHW and channels-last, and each installed dense engine of ``engines``), masked and
+    engine. Returns a JSON-ready dict."""
     engine = accel.convert(model, kernel=kernel)
     size = images.shape[-1]
     with torch.no_grad():
@@ -123,17 +150,19 @@ def measure(model: ResNet, images: torch.Tensor, labels: torch.Tensor | None = N
     if labels is not None:
         check["top1_masked"] = 100.0 * float((masked_logits.argmax(1) == labels).float().mean())
         check["top1_engine"] = 100.0 * float((engine_logits.argmax(1) == labels).float().mean())
-    twin = dense_twin(model)
-    variants = {"dense": twin, "dense-nhwc": ChannelsLast(twin), "masked": model, "engine": engine}
+    variants, dense_info = dense_variants(dense_twin(model), images, engines=engines)
+    variants.update(masked=model, engine=engine)
     n = len(images)
     # Counted in images run (all variants), so the bar's rate reads img/s.
     with progress(repeats * n * len(variants), "timing", disable=not show_progress) as bar:
         times = batch1_ms(variants, images, repeats, on_round=lambda: bar.update(n * len(variants)))
     ms = {k: statistics.median(v) for k, v in times.items()}
-    best = min(("dense", "dense-nhwc"), key=ms.get)
+    best = best_dense(ms)
     theory = dense / (sum(executed) / len(executed))
     return {"arch": model.arch, "input_size": size, "images": n, "repeats": repeats,
             "threads": torch.get_num_threads(), "kernel": engine.kernel, "latency_ms": ms,
+            "cpu_isa": native.cpu_isa(), "kernel_isa": native.kernel_isa() if engine.kernel == "native" else None,
+            "dense_engines": dense_info,
             "best_dense": best, "speedup": ms[best] / ms["engine"],
             "speedup_vs_nchw_dense": ms["dense"] / ms["engine"], "dense_macs": dense,
             "executed_macs_mean": sum(executed) / len(executed),

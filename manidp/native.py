@@ -50,6 +50,23 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def cpu_isa() -> str:
+    """The widest x86 vector ISA this CPU reports (``AVX-512``, ``AVX2``), else its architecture."""
+    flags = set(_cpu_flags().split())
+    if "avx512f" in flags:
+        return "AVX-512"
+    if "avx2" in flags and "fma" in flags:
+        return "AVX2"
+    return platform.machine()
+
+
+def kernel_isa() -> str | None:
+    """The vector ISA the loaded kernel was compiled for (``AVX-512``, ``AVX2``, ``generic``): with
+    ``MANIDP_CFLAGS=-mno-avx512f`` on an AVX-512 machine it is ``AVX2``. ``None`` without a kernel."""
+    lib = load()
+    return lib.manidp_isa().decode() if lib is not None else None
+
+
 def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
 
@@ -107,6 +124,7 @@ def load() -> ctypes.CDLL | None:
                                  ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
                                  ctypes.POINTER(ctypes.c_int64)]
     lib.manidp_slack.restype = ctypes.c_int64
+    lib.manidp_isa.restype = ctypes.c_char_p
     if lib.manidp_slack() != SLACK:
         _reason = f"{SOURCE.name} was built with SLACK={lib.manidp_slack()}, manidp.native expects {SLACK}"
         return None
@@ -114,12 +132,13 @@ def load() -> ctypes.CDLL | None:
     lib.manidp_network.argtypes = [ctypes.POINTER(BlockWeights), ctypes.c_int64, ctypes.c_int64,
                                    ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64, ctypes.c_int64,
                                    ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.manidp_stem.restype = ctypes.c_int64
+    lib.manidp_stem.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
     lib.manidp_pool.restype = None
     lib.manidp_pool.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                 ctypes.c_void_p]
-    lib.manidp_relu_maxpool.restype = None
-    lib.manidp_relu_maxpool.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     _lib = lib
     return lib
 

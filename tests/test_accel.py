@@ -18,8 +18,8 @@ CIFAR_STD = torch.tensor([63.0, 62.1, 66.7]).view(1, 3, 1, 1) / 255
 NEVER = 1e9             # a threshold no saliency reaches (clamp is 1000): the gate prunes everything
 ALWAYS = -10000.0       # the gates' initial threshold: everything kept
 # Engine options per kernel: the PyTorch kernels (oneDNN conv on channels-last maps, the default
-# layout; the same on NCHW maps; im2col + GEMM for every block) and the C kernel (from the stem's
-# channels-last output, and from an NCHW one, which takes the PyTorch ReLU/max-pool path).
+# layout; the same on NCHW maps; im2col + GEMM for every block) and the C kernel (stem included; the
+# channels_last option only concerns the PyTorch kernels, so both native rows must agree).
 KERNELS = {"conv": {"kernel": "torch", "mm_max_pixels": 0},
            "conv-nchw": {"kernel": "torch", "mm_max_pixels": 0, "channels_last": False},
            "gemm": {"kernel": "torch", "mm_max_pixels": 10**9},
@@ -125,9 +125,8 @@ def test_native_threads_give_identical_outputs():
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             with torch.inference_mode():
-                stem, _ = engine._stem_conv(x)
-                singles = [engine._blocks_native(stem[i:i + 1]) for i in range(len(x))]
-                pooled, macs, kept = engine._network_native(stem)
+                singles = [engine._blocks_native(x[i:i + 1]) for i in range(len(x))]
+                pooled, macs, kept = engine._network_native(x)
             runs.append(torch.cat([p for p, _, _ in singles]))
             assert torch.equal(pooled, runs[-1])
             assert macs == [m for _, m, _ in singles] and kept.tolist() == [c for _, _, c in singles]
@@ -165,6 +164,30 @@ def test_native_portable_build(monkeypatch, tmp_path):
     x = torch.randn(2, 3, 100, 100)
     check_equivalent(gated("resnet18", x), x, kernel="native")
     assert list((tmp_path / "kernels").glob("skip_block-*.so"))
+
+
+@pytest.mark.skipif(native.cpu_isa() != "AVX-512", reason="needs an AVX-512 CPU to run both builds")
+def test_native_avx2_build_equals_avx512_build(monkeypatch, tmp_path):
+    """On an AVX-512 machine, the kernel built for AVX2 (8-wide vectors, 6 x 16 tile) and the native
+    AVX-512 build (16-wide, 6 x 64) make the same gate decisions, run the same MACs and give the
+    same outputs (each GEMM output sums its K terms in the same order in both; only the vector
+    partial sums of the gates' means differ), and both equal the masked model."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    x = torch.randn(2, 3, 64, 64)
+    model = gated("resnet18", x)
+    runs = {}
+    for isa, extra in (("AVX-512", []), ("AVX2", ["-mno-avx512f"])):
+        monkeypatch.setattr(native, "FLAGS", [*native.FLAGS, *extra])
+        monkeypatch.setattr(native, "_lib", None)
+        monkeypatch.setattr(native, "_reason", None)
+        monkeypatch.setenv("MANIDP_CACHE", str(tmp_path))
+        assert native.kernel_isa() == isa, native.why_unavailable()
+        engine, out = check_equivalent(model, x, kernel="native")
+        runs[isa] = (out, engine.executed_macs, engine.kept)
+    (a, macs_a, kept_a), (b, macs_b, kept_b) = runs.values()
+    assert macs_a == macs_b and torch.equal(kept_a, kept_b)
+    assert rel_err(b, a) < 1e-5
 
 
 def test_native_unavailable_falls_back(monkeypatch):

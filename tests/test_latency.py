@@ -2,7 +2,7 @@
 Speed is measured (by `manidp latency` and benchmarks/bench_accel.py), never asserted."""
 import torch
 
-from manidp import accel, latency
+from manidp import accel, dense_engines, latency
 from manidp.models import build_model
 
 
@@ -19,7 +19,11 @@ def test_measure_checks_every_image():
     assert r["images"] == 6 and r["same_decisions"] == 6 and r["differing_decisions"] == 0
     assert r["same_prediction"] == 6 and r["executed_equals_analytic"] and r["max_rel_logit_error"] < 1e-4
     assert r["top1_engine"] == r["top1_masked"]
-    assert set(r["latency_ms"]) == {"dense", "dense-nhwc", "masked", "engine"}
+    installed = {e for e, v in dense_engines.versions().items() if v}
+    assert set(r["latency_ms"]) == {"dense", "dense-nhwc", "masked", "engine"} | installed
+    assert set(r["dense_engines"]["missing"]) == set(dense_engines.ENGINES) - installed
+    assert set(r["dense_engines"]["max_abs_diff"]) == installed
+    assert r["best_dense"] == min(latency.DENSE[:2] + tuple(installed), key=r["latency_ms"].get)
     assert r["speedup"] == r["latency_ms"][r["best_dense"]] / r["latency_ms"]["engine"]
 
 

@@ -58,7 +58,9 @@ typedef struct {
     int mode;
 } gemm_t;
 
-static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t m0, int mr, int64_t n0)
+/* ``mr`` rows x ``nv`` vectors (both compile-time constants after inlining into tile_any). */
+static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t m0, int mr, int nv,
+                                                       int64_t n0)
 {
     vf acc[MR][NV];
     const float *a[MR];
@@ -70,43 +72,56 @@ static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t 
     for (int64_t k = 0; k < g->K; k++) {
         const float *bk = b + g->boff[k];
         vf bv[NV];
-        for (int v = 0; v < NV; v++) bv[v] = load(bk + v * VL);
+        for (int v = 0; v < nv; v++) bv[v] = load(bk + v * VL);
         const int64_t ck = g->acol[k];
 #pragma GCC unroll 6
         for (int i = 0; i < mr; i++) {
             const vf ai = splat(a[i][ck]);
-            for (int v = 0; v < NV; v++) acc[i][v] += ai * bv[v];
+            for (int v = 0; v < nv; v++) acc[i][v] += ai * bv[v];
         }
     }
-    const int64_t nv = g->N - n0 < NR ? g->N - n0 : NR;
+    const int64_t cols = g->N - n0 < nv * VL ? g->N - n0 : nv * VL;
     const float *mask = g->mask + n0;
     for (int i = 0; i < mr; i++) {
         float t[NR];
-        memcpy(t, acc[i], sizeof t);
+        memcpy(t, acc[i], sizeof(vf) * nv);
         float *c = g->C + g->crow[m0 + i] + n0;
         const float bias = g->bias ? g->bias[m0 + i] : 0.0f;
         const float scale = g->scale ? g->scale[m0 + i] : 1.0f;
         if (g->mode == STORE)
-            for (int64_t n = 0; n < nv; n++) c[n] = (t[n] + bias) * scale * mask[n];
+            for (int64_t n = 0; n < cols; n++) c[n] = (t[n] + bias) * scale * mask[n];
         else if (g->mode == STORE_RELU)
-            for (int64_t n = 0; n < nv; n++) c[n] = relu(t[n] + bias) * scale * mask[n];
+            for (int64_t n = 0; n < cols; n++) c[n] = relu(t[n] + bias) * scale * mask[n];
         else
-            for (int64_t n = 0; n < nv; n++) c[n] += (t[n] + bias) * scale * mask[n];
+            for (int64_t n = 0; n < cols; n++) c[n] += (t[n] + bias) * scale * mask[n];
     }
 }
 
-/* One specialised copy of the tile per row count, so that the accumulators stay in registers. */
+/* One specialised copy of the tile per row count and vector count, so that the accumulators stay
+ * in registers. A map's last column panel is narrower than NR when the padded-width grid is not a
+ * multiple of NR (8x8: 80 columns = 64 + 16; 14x14: 224 = 3 x 64 + 32): it gets only the vectors
+ * it needs, where a full tile computed up to 1.6x the columns (ResNet-56's 8x8 stage). */
+#define ROWS(nv)                                                              \
+    switch (mr) {                                                             \
+    case 6: tile(g, m0, 6, nv, n0); break;                                    \
+    case 5: tile(g, m0, 5, nv, n0); break;                                    \
+    case 4: tile(g, m0, 4, nv, n0); break;                                    \
+    case 3: tile(g, m0, 3, nv, n0); break;                                    \
+    case 2: tile(g, m0, 2, nv, n0); break;                                    \
+    default: tile(g, m0, 1, nv, n0); break;                                   \
+    }
 static void tile_any(const gemm_t *g, int64_t m0, int mr, int64_t n0)
 {
-    switch (mr) {       /* mr <= MR = 6 */
-    case 6: tile(g, m0, 6, n0); break;
-    case 5: tile(g, m0, 5, n0); break;
-    case 4: tile(g, m0, 4, n0); break;
-    case 3: tile(g, m0, 3, n0); break;
-    case 2: tile(g, m0, 2, n0); break;
-    default: tile(g, m0, 1, n0); break;
-    }
+    const int64_t left = (g->N - n0 + VL - 1) / VL;      /* vectors left in this panel */
+#if NV == 4
+    if (left == 1) { ROWS(1) } else if (left == 2) { ROWS(2) } else if (left == 3) { ROWS(3) } else { ROWS(4) }
+#elif NV == 2
+    if (left == 1) { ROWS(1) } else { ROWS(2) }
+#else
+#error "tile_any: NV must be 2 or 4"
+#endif
 }
+#undef ROWS
 
 /* Tiles ordered column panel by column panel, rows inside: a thread's consecutive tiles reuse one B
  * panel from cache. Static schedule over the flat tile index splits the rows when there is a single
@@ -179,28 +194,51 @@ static int64_t kept(const float *pi, int64_t c, float threshold, int64_t *idx)
     return n;
 }
 
-/* Taps of a strided convolution gathered into the padded-width output grid: row (c, tap) of the
- * result holds input channel c at offset (stride*y + dy, stride*x + dx) for output (y, x); junk
- * columns and SLACK are zero. ``taps`` = 9 (3x3, padding 1) or 1 (1x1, padding 0: dy = dx = 1 in
- * padded coordinates). */
-static float *gather_taps(const float *x, int64_t c, int64_t w, int64_t plane, int64_t ho,
-                          int64_t wo, int64_t stride, int taps, int threads)
+/* Polyphase split of a padded-planar map for a stride-s convolution: phase (py, px) of channel c
+ * is a plane of row pitch wp = wo + 2 holding padded input (s*r + py, s*q + px) at (r, q). Tap
+ * (dy, dx) of output (y, x), padded input (s*y + dy, s*x + dx), is then phase (dy % s, dx % s) at
+ * (y + dy / s, x + dx / s): over the padded-width output grid one contiguous row, as for stride
+ * 1, so the GEMM reads taps in place. Each input float is copied once; gathering the 9 taps into
+ * the output grid instead wrote 9/s^2 floats per input (2.25x the map at stride 2), and the
+ * stride-2 blocks ran at 0.75 of ONNX Runtime's time where the others ran at 0.55. The 1x1
+ * projection shortcut reads phase (1, 1) of the same split. ``x``: c planes of h x w, read with
+ * ``pad`` rows and columns of zeros around them (a padded-planar map: its padded size, pad 0).
+ * Phase planes have row pitch ``pitch`` and at least ``min_rows`` rows (``*pp`` floats each);
+ * unwritten floats are zero, and the buffer ends with SLACK zeros. */
+static float *phases(const float *x, int64_t c, int64_t h, int64_t w, int64_t pad, int64_t s,
+                     int64_t pitch, int64_t min_rows, int64_t *pp, int threads)
 {
-    const int64_t wp = wo + 2, n = ho * wp, rows = c * taps;
-    float *out = malloc(sizeof(float) * (rows * n + SLACK));
+    const int64_t hp = h + 2 * pad, wq = w + 2 * pad, planes = c * s * s;
+    const int64_t rows = (hp + s - 1) / s > min_rows ? (hp + s - 1) / s : min_rows, size = rows * pitch;
+    float *out = malloc(sizeof(float) * (planes * size + SLACK));
     if (!out) return NULL;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const int t = taps == 1 ? 4 : (int)(r % 9);
-        const float *src = x + (r / taps) * plane + (t / 3) * (w + 2) + t % 3;
-        float *dst = out + r * n;
-        for (int64_t y = 0; y < ho; y++) {
-            for (int64_t xx = 0; xx < wo; xx++) dst[y * wp + xx] = src[stride * y * (w + 2) + stride * xx];
-            dst[y * wp + wo] = dst[y * wp + wo + 1] = 0.0f;
+    for (int64_t i = 0; i < planes; i++) {
+        const int64_t py = (i % (s * s)) / s, px = i % s;
+        const float *src = x + (i / (s * s)) * h * w;
+        float *dst = out + i * size;
+        memset(dst, 0, sizeof(float) * size);
+        for (int64_t r = 0; s * r + py < hp; r++) {
+            const int64_t sy = s * r + py - pad;
+            if (sy < 0 || sy >= h) continue;
+            for (int64_t q = 0; s * q + px < wq; q++) {
+                const int64_t sx = s * q + px - pad;
+                if (sx >= 0 && sx < w) dst[r * pitch + q] = src[sy * w + sx];
+            }
         }
     }
-    memset(out + rows * n, 0, sizeof(float) * SLACK);
+    memset(out + planes * size, 0, sizeof(float) * SLACK);
+    *pp = size;
     return out;
+}
+
+/* Where tap (dy, dx) of input channel c starts in the B operand: the padded map itself at stride
+ * 1 (plane ``plane_in``, pitch w + 2 = wp), else its polyphase split (planes ``pp``, pitch wp). */
+static inline int64_t tap_offset(int64_t c, int dy, int dx, int64_t s, int64_t plane_in, int64_t pp,
+                                 int64_t wp)
+{
+    if (s == 1) return c * plane_in + dy * wp + dx;
+    return (c * s * s + (dy % s) * s + dx % s) * pp + (dy / s) * wp + dx / s;
 }
 
 /* Zero what the GEMM's padded-width stores do not reach: the top border row and the first left
@@ -235,7 +273,8 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
     int64_t *k1 = malloc(sizeof(int64_t) * b->c_mid), *k2 = malloc(sizeof(int64_t) * b->c_out);
     int64_t *arow = malloc(sizeof(int64_t) * cmax), *crow = malloc(sizeof(int64_t) * cmax);
     int64_t *acol = malloc(sizeof(int64_t) * big), *boff = malloc(sizeof(int64_t) * big);
-    float *mid = NULL, *cols = NULL;
+    float *mid = NULL, *split = NULL;
+    int64_t pp = plane_in;
     if (!pooled || !hidden || !pi1 || !pi2 || !mask || !bias || !scale || !k1 || !k2 || !arow ||
         !crow || !acol || !boff) { macs = -1; goto done; }
     for (int64_t i = 0; i < n; i++) mask[i] = (i % wp) < wo ? 1.0f : 0.0f;
@@ -246,33 +285,30 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
              b->g1_clamp, hidden, pi1);
     n1 = kept(pi1, b->c_mid, b->g1_threshold, k1);
 
-    /* Projection shortcut (1x1, stride s, BN folded) writes the whole output buffer. */
+    /* A strided block reads its input through the polyphase split (shortcut and conv_a). */
+    const float *src = x;
+    if (s > 1) {
+        split = phases(x, b->c_in, h + 2, w + 2, 0, s, wp, ho + 2, &pp, threads);
+        if (!split) { macs = -1; goto done; }
+        src = split;
+    }
+
+    /* Projection shortcut (1x1, stride s, padding 0: padded input (s*y + 1, s*x + 1), BN folded)
+     * writes the whole output buffer. */
     if (b->ws) {
-        cols = gather_taps(x, b->c_in, w, plane_in, ho, wo, s, 1, threads);
-        if (!cols) { macs = -1; goto done; }
         for (int64_t i = 0; i < b->c_out; i++) { arow[i] = i * b->c_in; crow[i] = i * plane + wp + 1; }
-        for (int64_t k = 0; k < b->c_in; k++) { acol[k] = k; boff[k] = k * n; }
-        gemm_t g = {b->c_out, b->c_in, n, b->ws, arow, acol, cols, boff, out, crow, b->bs, NULL, mask, STORE};
+        for (int64_t k = 0; k < b->c_in; k++) { acol[k] = k; boff[k] = tap_offset(k, 1, 1, s, plane_in, pp, wp); }
+        gemm_t g = {b->c_out, b->c_in, n, b->ws, arow, acol, src, boff, out, crow, b->bs, NULL, mask, STORE};
         macs += gemm(&g, threads) * pixels;
         zero_borders(out, b->c_out, ho, wo);
-        free(cols);
-        cols = NULL;
     }
 
     /* conv_a: kept output rows k1 over every input channel, ReLU, times saliency. */
     if (n1) {
         mid = malloc(sizeof(float) * (n1 * plane + SLACK));
         if (!mid) { macs = -1; goto done; }
-        const float *src = x;
-        if (s == 1) {
-            for (int64_t c = 0; c < b->c_in; c++)
-                for (int t = 0; t < 9; t++) boff[c * 9 + t] = c * plane_in + (t / 3) * (w + 2) + t % 3;
-        } else {
-            cols = gather_taps(x, b->c_in, w, plane_in, ho, wo, s, 9, threads);
-            if (!cols) { macs = -1; goto done; }
-            src = cols;
-            for (int64_t k = 0; k < 9 * b->c_in; k++) boff[k] = k * n;
-        }
+        for (int64_t c = 0; c < b->c_in; c++)
+            for (int t = 0; t < 9; t++) boff[c * 9 + t] = tap_offset(c, t / 3, t % 3, s, plane_in, pp, wp);
         for (int64_t k = 0; k < 9 * b->c_in; k++) acol[k] = k;
         for (int64_t i = 0; i < n1; i++) {
             arow[i] = k1[i] * b->c_in * 9; crow[i] = i * plane + wp + 1;
@@ -321,12 +357,14 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
     kept_out[1] = n2;
 done:
     free(pooled); free(hidden); free(pi1); free(pi2); free(mask); free(bias); free(scale);
-    free(k1); free(k2); free(arow); free(crow); free(acol); free(boff); free(mid); free(cols);
+    free(k1); free(k2); free(arow); free(crow); free(acol); free(boff); free(mid); free(split);
     return macs;
 }
 
 /* A batch through ``nblocks`` blocks, one instance per thread (each instance single-threaded): at
- * batch > 1 this keeps both cores busy on whole instances instead of splitting small GEMMs.
+ * batch > 1 this keeps both cores busy on whole instances instead of splitting small GEMMs. At
+ * batch 1 the one instance runs every block with ``threads`` threads: one call for the whole
+ * network, so that a CIFAR ResNet's 27 small blocks do not each pay a call from Python.
  * ``inputs[i]``: instance i's padded-planar map (c0 x h0 x w0), updated in place by identity blocks.
  * Writes the global average pool of each instance's last map to ``pooled`` [n][c_last], its MACs
  * to ``macs`` [n] and its kept counts to ``kept`` [n][nblocks][2]. Returns 0, or -1 if memory ran
@@ -336,7 +374,8 @@ int manidp_network(const block_t *blocks, int64_t nblocks, int64_t n, float *con
 {
     int failed = 0;
     const int64_t c_last = blocks[nblocks - 1].c_out;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(| : failed)
+    const int inner = n == 1 ? threads : 1;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(| : failed) if (n > 1)
     for (int64_t i = 0; i < n; i++) {
         float *x = inputs[i], *owned = NULL;
         int64_t h = h0, w = w0, m = 0;
@@ -348,7 +387,7 @@ int manidp_network(const block_t *blocks, int64_t nblocks, int64_t n, float *con
                 out = malloc(sizeof(float) * (b->c_out * (ho + 2) * (wo + 2) + SLACK));
                 if (!out) { failed = 1; break; }
             }
-            const int64_t mj = manidp_block(b, x, out, h, w, 1, kept + (i * nblocks + j) * 2);
+            const int64_t mj = manidp_block(b, x, out, h, w, inner, kept + (i * nblocks + j) * 2);
             if (mj < 0) failed = 1;
             m += mj;
             if (out != x) { free(owned); owned = x = out; }
@@ -361,29 +400,65 @@ int manidp_network(const block_t *blocks, int64_t nblocks, int64_t n, float *con
     return failed ? -1 : 0;
 }
 
-/* The ImageNet stem's ReLU + 3x3/2 max-pool (padding 1), from the stem convolution's channels-last
- * output ``y`` [h][w][c] into the zero-initialised padded-planar buffer ``out`` that the first block
- * reads. max(ReLU(.)) = ReLU(max(.)), and zero padding equals -inf padding on ReLU output. */
-void manidp_relu_maxpool(const float *y, int64_t c, int64_t h, int64_t w, float *out, int threads)
+/* The stem: a k x k convolution, stride s, padding pad (BN folded), ReLU, then (``maxpool``) the
+ * ImageNet stem's 3x3/2 max-pool (padding 1), from one plain [c_in][h][w] image into the
+ * padded-planar buffer ``out`` that the first block reads (written whole: borders and SLACK zero,
+ * so the caller can reuse one buffer). The convolution is the
+ * blocks' GEMM over a polyphase split of the image (no im2col: ImageNet's 7x7/2 stem is 49 taps),
+ * on a grid of row pitch wo + (k - 1) / s: tap (dy, dx) reads phase columns up to x + (k - 1) / s.
+ * ReLU output is >= 0, so the pool's zero padding equals -inf padding. Returns the stem's MACs, or
+ * -1 if memory ran out. */
+int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const float *wt,
+                    const float *bias, int64_t c_out, int64_t k, int64_t s, int64_t pad, int maxpool,
+                    float *out, int threads)
 {
-    const int64_t ho = (h - 1) / 2 + 1, wo = (w - 1) / 2 + 1, wp = wo + 2, plane = (ho + 2) * wp;
+    const int64_t ho = (h + 2 * pad - k) / s + 1, wo = (w + 2 * pad - k) / s + 1;
+    const int64_t pitch = wo + (k - 1) / s, n = ho * pitch, kk = c_in * k * k;
+    int64_t pp = 0, macs = -1;
+    float *split = phases(x, c_in, h, w, pad, s, pitch, ho + (k - 1) / s + 1, &pp, threads);
+    float *y = malloc(sizeof(float) * (c_out * n + SLACK)), *mask = malloc(sizeof(float) * n);
+    int64_t *arow = malloc(sizeof(int64_t) * c_out), *crow = malloc(sizeof(int64_t) * c_out);
+    int64_t *acol = malloc(sizeof(int64_t) * kk), *boff = malloc(sizeof(int64_t) * kk);
+    if (!split || !y || !mask || !arow || !crow || !acol || !boff) goto done;
+    for (int64_t i = 0; i < n; i++) mask[i] = (i % pitch) < wo ? 1.0f : 0.0f;
+    for (int64_t i = 0; i < c_out; i++) { arow[i] = i * kk; crow[i] = i * n; }
+    for (int64_t c = 0; c < c_in; c++)
+        for (int64_t t = 0; t < k * k; t++) {
+            const int64_t dy = t / k, dx = t % k, j = c * k * k + t;
+            acol[j] = j;
+            boff[j] = (c * s * s + (dy % s) * s + dx % s) * pp + (dy / s) * pitch + dx / s;
+        }
+    gemm_t g = {c_out, kk, n, wt, arow, acol, split, boff, y, crow, bias, NULL, mask, STORE_RELU};
+    macs = gemm(&g, threads) * ho * wo;
+    const int64_t h2 = maxpool ? (ho - 1) / 2 + 1 : ho, w2 = maxpool ? (wo - 1) / 2 + 1 : wo;
+    const int64_t wp2 = w2 + 2, plane2 = (h2 + 2) * wp2;
+    memset(out + c_out * plane2, 0, sizeof(float) * SLACK);
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < ho; i++) {
-        float m[c];
-        for (int64_t j = 0; j < wo; j++) {
-            for (int64_t ch = 0; ch < c; ch++) m[ch] = 0.0f;
+    for (int64_t ch = 0; ch < c_out; ch++) {
+        const float *src = y + ch * n;
+        float *dst = out + ch * plane2 + wp2 + 1, cm[wo];
+        memset(out + ch * plane2, 0, sizeof(float) * plane2);
+        for (int64_t i = 0; i < h2; i++) {
+            if (!maxpool) { memcpy(dst + i * wp2, src + i * pitch, sizeof(float) * wo); continue; }
+            /* Separable: the max over the window's rows, column by column (vectorises), then over
+             * each window's three columns. */
+            for (int64_t q = 0; q < wo; q++) cm[q] = 0.0f;
             for (int64_t r = 2 * i - 1; r <= 2 * i + 1; r++) {
-                if (r < 0 || r >= h) continue;
-                for (int64_t q = 2 * j - 1; q <= 2 * j + 1; q++) {
-                    if (q < 0 || q >= w) continue;
-                    const float *src = y + (r * w + q) * c;
-                    for (int64_t ch = 0; ch < c; ch++) m[ch] = src[ch] > m[ch] ? src[ch] : m[ch];
-                }
+                if (r < 0 || r >= ho) continue;
+                const float *row = src + r * pitch;
+                for (int64_t q = 0; q < wo; q++) cm[q] = row[q] > cm[q] ? row[q] : cm[q];
             }
-            float *dst = out + (i + 1) * wp + j + 1;
-            for (int64_t ch = 0; ch < c; ch++) dst[ch * plane] = m[ch];
+            for (int64_t j = 0; j < w2; j++) {
+                float m = cm[2 * j];
+                if (j > 0 && cm[2 * j - 1] > m) m = cm[2 * j - 1];
+                if (2 * j + 1 < wo && cm[2 * j + 1] > m) m = cm[2 * j + 1];
+                dst[i * wp2 + j] = m;
+            }
         }
     }
+done:
+    free(split); free(y); free(mask); free(arow); free(crow); free(acol); free(boff);
+    return macs;
 }
 
 /* Global average pool of a padded-planar map into ``out`` [c] (the head's input), single-threaded
@@ -394,3 +469,15 @@ void manidp_pool(const float *x, int64_t c, int64_t h, int64_t w, float *out)
 }
 
 int64_t manidp_slack(void) { return SLACK; }
+
+/* The vector ISA this build's register tile was compiled for (see VL, NV above). */
+const char *manidp_isa(void)
+{
+#if defined(__AVX512F__)
+    return "AVX-512";
+#elif defined(__AVX2__)
+    return "AVX2";
+#else
+    return "generic";
+#endif
+}
