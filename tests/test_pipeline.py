@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-MINI = ROOT.parent / "shared" / "data" / "cifar10-mini.tgz"
+from datapaths import MINI          # $MANIDP_DATA, ../shared/data, resources/data (tests/datapaths.py)
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "paper_tables/published.csv",
                   "paper_tables/templates")
 FULL_JOBS = {
