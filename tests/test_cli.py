@@ -86,3 +86,15 @@ def test_head_of_a_pipe_in_a_shell():
                        shell=True, executable="/bin/bash", capture_output=True, text=True, env=ENV, timeout=120)
     assert len(r.stdout.splitlines()) == 3 and r.stdout.startswith("conv1 ")
     assert r.stderr == "" and r.returncode in (0, 128 + signal.SIGPIPE)
+
+
+def test_license_and_citation_match_the_package():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert meta["license"] == {"text": "BSD-3-Clause"}
+    assert (ROOT / "LICENSE").read_text().startswith("BSD 3-Clause License\n")
+    import yaml
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert (cff["cff-version"], cff["license"], str(cff["version"])) == ("1.2.0", "BSD-3-Clause", meta["version"])
+    paper = next(r for r in cff["references"] if r["type"] == "conference-paper")
+    assert paper["title"] == "Manifold Regularized Dynamic Network Pruning" and paper["year"] == 2021
+    assert [a["family-names"] for a in paper["authors"]] == ["Tang", "Wang", "Xu", "Deng", "Xu", "Tao", "Xu"]
