@@ -2,7 +2,8 @@
 
 Every snakemake call runs in a temporary copy of the workflow files (Snakefile, workflow/, config/,
 paper_tables/ inputs, profiles/), so the tests never touch the repository's results/ or .snakemake/.
-The smoke DAG reads the real CIFAR-10 subset ../shared/data/cifar10-mini.tgz (skipped without it).
+The smoke DAG reads the real CIFAR-10 subset cifar10-mini.tgz, found as tests/datapaths.py says
+($MANIDP_DATA, ../shared/data, resources/data; skipped without it).
 """
 from __future__ import annotations
 
