@@ -17,13 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import ManidpError
-from .losses import LossOptions
 
-_DEFAULTS = LossOptions()
+# Plain text for --help (the module docstring above is for the source; argparse prints text as is).
+# torch is imported only by the commands that run, so that --help, --version and argument errors are
+# fast; prune's options need the methods (and torch) because each method adds its own.
+DESCRIPTION = "manidp: the ManiDP benchmark suite's command line (also python -m manidp)."
+EPILOG = ("Run 'manidp <command> --help' for a command's options. User errors print one line "
+          "(manidp: error: ...) and exit with status 2.")
 
 
 def _common_data(p: argparse.ArgumentParser) -> None:
@@ -73,8 +79,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"manidp: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="manidp", description=__doc__.split("\n\n")[0])
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser. prune's options are built only for ``command`` None (all) or "prune": they need the
+    methods, and so torch; :func:`main` passes the command of its argv, so other commands, --help and
+    --version never import torch for them."""
+    parser = _Parser(prog="manidp", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"manidp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     p = sub.add_parser("train-baseline", help="train a dense network",
@@ -88,9 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "loss), fbs (Gao et al., ICLR 2019; dynamic top-k channels) or fpgm (He et al., "
                                    "CVPR 2019; static, physically pruned). Same harness, checkpoints and MAC counter "
                                    "for all; see docs/methods.md. Resumes from --out.")
+    if command not in (None, "prune"):
+        _add_other_commands(sub)
+        return parser
     _common_run(p, epochs=400, lr=0.05)
     _common_data(p)
+    from .losses import LossOptions
     from .methods import METHODS, PRUNING
+    _DEFAULTS = LossOptions()
     g = p.add_argument_group("pruning (every method)")
     g.add_argument("--method", choices=PRUNING, default="manidp",
                    help="manidp (default), fbs or fpgm (manidp/methods/)")
@@ -138,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     for m in METHODS.values():
         if m.prunes and m.name != "manidp":
             m.add_arguments(p.add_argument_group(f"{m.name.upper()} (--method {m.name})"))
+    _add_other_commands(sub)
+    return parser
 
+
+def _add_other_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5 and per-instance MACs of a checkpoint",
                        description="Evaluate a manidp checkpoint as it is (final thresholds): top-1, top-5, and "
                                    "mean/std/min/max/histogram of per-instance MACs and per-layer keep rates.")
@@ -176,10 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-reduction", type=float, default=None, help="print the remain rate that reaches this MAC reduction in %%")
     p.add_argument("--layers", action="store_true", help="print every layer")
     p.add_argument("--json", action="store_true", help="print JSON")
-    return parser
 
 
 def _train_config(args: argparse.Namespace, method: str):
+    from .losses import LossOptions
     from .methods import method_options_from_args
     from .train import TrainConfig
     losses = LossOptions()
@@ -367,8 +386,19 @@ def _result_line(r: dict) -> str:
     return line
 
 
+def _command_of(argv: list[str]) -> str:
+    """The command word of argv ("" if none): the first word that is not an option, since the only
+    options before it (--help, --version) take no value."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None and hasattr(signal, "SIGPIPE"):
+        # As Unix tools do: a closed pipe (manidp macs --layers | head -3) ends the process quietly
+        # instead of a BrokenPipeError traceback. Only for the real command line, not for callers.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command_of(argv)).parse_args(argv)
     try:
         if getattr(args, "threads", None) is not None:
             if args.threads < 1:

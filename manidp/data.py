@@ -121,11 +121,12 @@ def load_cifar(path, dataset: str = "cifar10", cache_dir=None, download: bool = 
     ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``. A full pickle copy is md5-checked against
     the originals; a copy with fewer instances is accepted and labelled "subset" in ``source``.
     JPEG copies are decoded once and cached as uint8 arrays in ``cache_dir`` (default
-    ``~/.cache/manidp``). ``download=True`` fetches the original with torchvision into ``path``.
+    ``~/.cache/manidp``). ``download=True`` fetches the original with torchvision into ``path``
+    where ``path`` holds no copy yet (a copy that is there is loaded, never replaced).
     """
     spec = _cifar_spec(dataset)
     path = Path(path).expanduser()
-    if download:
+    if download and _needs_download(path, spec):
         _download(path, spec)
     check(path.exists(), f"{path}: no such file or folder; pass the {spec.title} folder or "
                          f"archive as the data path (or allow --download)")
@@ -135,14 +136,26 @@ def load_cifar(path, dataset: str = "cifar10", cache_dir=None, download: bool = 
     return _load_cifar_archive(path, spec, cache_dir)
 
 
+def _needs_download(root: Path, spec: _CifarSpec) -> bool:
+    """No copy at ``root`` yet: neither an archive or file, nor a folder holding the pickle folder,
+    its files, or a JPEG copy's train/ folder. (The official archive alone in ``root`` counts as
+    missing: torchvision then md5-checks and extracts it without downloading.)"""
+    if root.is_file():
+        return False
+    if not root.is_dir():
+        return True
+    return not any((root / n).exists() for n in (spec.folder, "train", *spec.train, *spec.test))
+
+
 def _download(root: Path, spec: _CifarSpec) -> None:
     from torchvision.datasets import CIFAR10, CIFAR100
     tv = CIFAR10 if spec.name == "cifar10" else CIFAR100
     try:  # downloads, md5-checks and extracts into root/<spec.folder>; a no-op when present
         tv(str(root), train=True, download=True)
     except (OSError, RuntimeError, ValueError) as e:
-        raise ManidpError(f"{root}: downloading {spec.title} failed ({_one_line(e)}); "
-                          f"fetch the archive by hand and pass its path") from None
+        raise ManidpError(f"{root}: downloading {spec.title} failed ({_one_line(e)}); without internet, fetch "
+                          f"{tv.url} (md5 {tv.tgz_md5}) elsewhere and put it at {root / tv.filename} (it is "
+                          f"checked and extracted there), or pass the path of a copy you have") from None
 
 
 def _one_line(e: BaseException) -> str:

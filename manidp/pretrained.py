@@ -81,7 +81,7 @@ def find_weights(arch: str, weights: str | Path | None = None, hub_dir: str | Pa
         path = folder / name
         if not path.is_file():
             raise ManidpError(f"{path} does not exist: copy torchvision's {name} there, or set {key} "
-                              f"to the file, or train the ImageNet baselines instead")
+                              f"to the file, or train the ImageNet baselines instead (imagenet_baseline.source: train)")
     expected = hash_prefix_in_name(path) or hash_prefix_in_name(name)
     return path, verify_sha256_prefix(path, expected)
 

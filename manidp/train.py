@@ -43,7 +43,7 @@ from .losses import LossOptions, loss_terms, manidp_loss
 from .macs import dense_macs
 from .methods import get_method
 from .models import ResNet
-from .progress import progress
+from .progress import RunClock, progress
 from .provenance import environment
 from .schedule import reset_statistics, update_thresholds
 
@@ -337,10 +337,13 @@ def _run(cfg: TrainConfig, world: distributed.World, stop_after_epoch: int | Non
     if start == 0:
         method.begin(model, cfg, target)
 
+    clock = RunClock(cfg.epochs - start, train_loader.num_samples)   # time, img/s, ETA in every epoch line
     for epoch in range(start, cfg.epochs):
+        clock.start_epoch()
         started = method.start_epoch(model, epoch, cfg, target)
         stats = train_one_epoch(trainer, train_loader, optimizer, scheduler, scaler, device, cfg,
                                 epoch, reference_loss, ckpt_path, show_progress)
+        clock.trained()
         record = {"epoch": epoch + 1, **stats, **started, **method.end_epoch(model, epoch, cfg, target)}
         if cfg.method == "manidp":
             record["reference_loss"] = reference_loss
@@ -359,7 +362,7 @@ def _run(cfg: TrainConfig, world: distributed.World, stop_after_epoch: int | Non
         if world.main:
             _save(ckpt_path, model, optimizer, scheduler, epoch + 1, history, reference_loss, cfg, info)
             write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-            print(_summary_line(record), flush=True)
+            print(f"{_summary_line(record)} | {clock.epoch_line()}", flush=True)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             return {"stopped_after_epoch": epoch + 1}
 

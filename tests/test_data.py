@@ -20,9 +20,7 @@ from manidp.data import (CIFAR10_CLASSES, ImageArrays, TensorLoader, build_loade
                          imagefolder_loaders, load_cifar, make_synthetic_imagefolder)
 from manidp.errors import ManidpError
 
-SHARED = Path(__file__).parents[1].parent / "shared" / "data"
-MINI = SHARED / "cifar10-mini.tgz"
-JPEG = SHARED / "cifar10-jpeg.tar.gz"
+from datapaths import JPEG, MINI     # $MANIDP_DATA, ../shared/data, resources/data (tests/datapaths.py)
 need_mini = pytest.mark.skipif(not MINI.is_file(), reason=f"real CIFAR-10 subset not found at {MINI}")
 need_jpeg = pytest.mark.skipif(not JPEG.is_file(), reason=f"CIFAR-10 JPEG copy not found at {JPEG}")
 

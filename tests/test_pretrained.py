@@ -62,7 +62,8 @@ def test_configured_file_without_prefix_is_checked_against_torchvision(tmp_path)
 def test_missing_files_name_the_setting(tmp_path):
     with pytest.raises(ManidpError, match=r"imagenet_baseline\.weights\.resnet18: .* does not exist"):
         find_weights("resnet18", weights=tmp_path / "nope.pth", key="imagenet_baseline.weights.resnet18")
-    with pytest.raises(ManidpError, match=r"resnet34-b627a593\.pth does not exist.*imagenet_baseline"):
+    with pytest.raises(ManidpError, match=r"resnet34-b627a593\.pth does not exist.*imagenet_baseline.*"
+                                          r"train the ImageNet baselines instead \(imagenet_baseline\.source: train\)"):
         find_weights("resnet34", hub_dir=tmp_path, key="imagenet_baseline.weights.resnet34")
     with pytest.raises(ManidpError, match="no ImageNet weights for 'resnet20'"):
         find_weights("resnet20", hub_dir=tmp_path)

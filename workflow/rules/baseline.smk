@@ -26,7 +26,10 @@ rule train_baseline:
 
 rule import_torchvision:
     """torchvision's ResNet-18/34 ImageNet weights (configured file or torch hub cache), verified
-    against the sha256 prefix in their file name, as a manidp checkpoint."""
+    against the sha256 prefix in their file name, as a manidp checkpoint. Waits for the dataset check,
+    so that a run with nothing configured stops with that one error, not one per missing file."""
+    input:
+        data=ancient(f"{RESULTS}/imagenet/data.json"),
     output:
         f"{RESULTS}/imagenet/{{arch}}/baseline/torchvision/checkpoint.pt",
     params:
