@@ -60,6 +60,8 @@ def evaluate(model: ResNet, loader, device: torch.device, count_macs: bool = Tru
     return result
 
 
-def _amp_dtype(device: torch.device) -> torch.dtype:
-    # bfloat16 on CPU (no GradScaler needed), float16 on CUDA.
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
+def _amp_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    # auto: bfloat16 on CPU (no GradScaler needed), float16 on CUDA; or --amp-dtype's choice.
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return getattr(torch, name)
