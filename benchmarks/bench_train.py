@@ -145,6 +145,44 @@ def compare_modes(archs, kinds, modes, batch: int, device: str, warmup: int, rep
     return rows
 
 
+def _concurrent_child(arch: str, kind: str, batch: int, mode: str, device: str, steps: int, start_at: float) -> None:
+    """One of N jobs on the device: warm up, wait for the common start, time ``steps`` steps."""
+    step = make_mode_step(arch, kind, batch, mode, device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(5):
+        step()
+    sync()
+    time.sleep(max(0.0, start_at - time.time()))
+    for _ in range(steps):
+        step()
+    sync()
+    print(json.dumps({"end": time.time()}))
+
+
+def concurrent_jobs(counts, arch: str, kind: str, batch: int, mode: str, device: str, steps: int,
+                    threads: int, settle_s: float = 20.0) -> list[dict]:
+    """Aggregate training throughput of N separate processes stepping on one device at once (as N
+    DAG jobs sharing a GPU through gpu_slots), against one process alone: every process warms up
+    (compile, capture), then all start timing at the same moment."""
+    rows, single = [], None
+    for n in counts:
+        start_at = time.time() + settle_s
+        code = (f"import torch; torch.set_num_threads({threads}); from benchmarks.bench_train import _concurrent_child;"
+                f"_concurrent_child({arch!r}, {kind!r}, {batch}, {mode!r}, {device!r}, {steps}, {start_at})")
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(n)]
+        ends = []
+        for pr in procs:
+            out, _ = pr.communicate()
+            if pr.returncode != 0:
+                raise SystemExit(f"bench_train: error: a concurrent job exited with {pr.returncode}")
+            ends.append(json.loads(out.strip().splitlines()[-1])["end"])
+        img_s = n * steps * batch / (max(ends) - start_at)
+        single = single or img_s
+        rows.append({"jobs": n, "arch": arch, "kind": kind, "mode": mode, "device": device,
+                     "aggregate_img_s": img_s, "speedup": img_s / single})
+    return rows
+
+
 def time_pair(a, b, warmup: int, repeats: int) -> tuple[float, float]:
     for _ in range(warmup):
         a(), b()
@@ -187,10 +225,26 @@ def main() -> None:
                    help="instead: step time of each --step mode side by side (first eager), per arch and --kinds")
     p.add_argument("--kinds", nargs="+", default=["plain", "manidp"], choices=("plain", "manidp", "fbs"))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--jobs", nargs="+", type=int, default=None,
+                   help="instead: aggregate throughput of N concurrent processes for each N (first 1), "
+                        "of the first --archs/--kinds/--modes")
+    p.add_argument("--steps", type=int, default=200, help="--jobs: timed steps per process")
+    p.add_argument("--settle-s", type=float, default=20.0, help="--jobs: seconds every process gets to warm up")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)   # as manidp.train does on CPU
     b = args.batch_size
+    if args.jobs:
+        mode = (args.modes or ["eager"])[0]
+        rows = concurrent_jobs(args.jobs, args.archs[0], args.kinds[0], b, mode, args.device, args.steps, args.threads,
+                               args.settle_s)
+        print("| jobs | aggregate img/s | speedup over 1 job |\n|---|---|---|")
+        for r in rows:
+            print(f"| {r['jobs']} | {r['aggregate_img_s']:.0f} | {r['speedup']:.2f} |")
+        if args.out:
+            from manidp.io import write_json
+            write_json(args.out, {"concurrent": rows, "torch": torch.__version__})
+        return
     if args.modes:
         rows = compare_modes(args.archs, args.kinds, args.modes, b, args.device, args.warmup, args.repeats)
         print("| arch | step | " + " | ".join(f"{m} ms" for m in args.modes) + " | " +
