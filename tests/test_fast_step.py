@@ -154,6 +154,20 @@ def test_bad_step_options_are_one_line_errors(kw, message):
         fast_step.check_step_mode("compile", False, "auto", torch.device("cpu"), 2)
 
 
+@pytest.mark.parametrize("extra, needle", [
+    (["--step", "graph"], "--step graph needs a CUDA device (got cpu)"),
+    (["--step", "compile", "--amp", "--amp-dtype", "float16"], "needs --amp-dtype bfloat16"),
+])
+def test_cli_step_errors_are_one_line_before_any_file(cifar_mini, tmp_path, capsys, extra, needle):
+    from manidp import cli
+    out = tmp_path / "r"
+    code = cli.main(["train-baseline", "--arch", "resnet20", "--data", str(cifar_mini), "--out", str(out),
+                     "--device", "cpu", "--limit-train", "64", "--epochs", "1", "--quiet", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("manidp: error: ") and needle in err[0]
+    assert not (out / "checkpoint.pt").exists() and not (out / "config.json").exists()
+
+
 @pytest.mark.slow
 def test_compiled_run_resumes_like_the_eager_run(resnet8, cifar_mini, tmp_path):
     """train.run end to end: a dense baseline, then ManiDP for 2 epochs eagerly; the same with
