@@ -59,7 +59,7 @@ step compare python3 benchmarks/cuda_compare.py --checkpoint "$W/manidp/checkpoi
     --eval-cuda "$RES/eval_cuda.json" --eval-cpu "$RES/eval_cpu.json" --out "$RES/cuda_compare.json"
 fi
 if [[ " $STAGES " == *" fast "* ]]; then
-step fast_step_tests python3 -m pytest -q tests/test_fast_step.py -m "not slurm and not slow" -rs
+step fast_step_tests python3 -m pytest -q tests/test_fast_step.py -k test_cuda_step -rs
 step step_times python3 benchmarks/bench_train.py --modes eager graph --kinds plain manidp fbs \
     --archs resnet20 resnet32 resnet56 --device cuda --threads 4 --warmup 3 --repeats 15 --out "$RES/step_times.json"
 step concurrent python3 benchmarks/bench_train.py --jobs 1 2 4 6 --archs resnet20 --kinds manidp --modes graph \

@@ -212,15 +212,18 @@ def test_inductor_compiled_step_matches_the_eager_loop(resnet8, monkeypatch):
 
 
 @cuda
-@pytest.mark.parametrize("method", ["baseline", "manidp", "fbs"])
-def test_cuda_graph_step_matches_the_eager_loop(resnet8, method):
-    """8 steps: 3 eager warm-up steps on a side stream, the capture, then replays."""
+@pytest.mark.parametrize("method, step", [("baseline", "graph"), ("manidp", "graph"), ("fbs", "graph"),
+                                          ("manidp", "compile")])
+def test_cuda_step_matches_the_eager_loop(resnet8, monkeypatch, method, step):
+    """8 steps on CUDA. graph: 3 eager warm-up steps on a side stream, the capture, then replays;
+    compile: Inductor's CUDA kernels."""
+    monkeypatch.setattr(fast_step, "COMPILE_BACKEND", "inductor")
     xs, ys = _data("cuda")
     xs, ys = xs * 2, ys * 2
     model = _model(method, resnet8, xs[0].cpu()).cuda()
     ref, fast = copy.deepcopy(model), copy.deepcopy(model)
-    cfg = _cfg(method, resnet8, "graph")
-    torch.backends.cudnn.deterministic = True
+    cfg = _cfg(method, resnet8, step)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     ce_sum, opt_ref = _eager_reference(ref, cfg, xs, ys)
     sums, opt_fast = _runner_steps(fast, cfg, xs, ys, "cuda")
     assert sums["steps"] == len(xs) and sums["ce"] == pytest.approx(ce_sum, rel=1e-4)
