@@ -23,7 +23,7 @@ from manidp.models.resnet import ARCHS
 from manidp.train import TrainConfig, make_optimizer, run
 
 STEPS, BATCH, REFERENCE = 4, 16, 2.0
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA-graph capture needs CUDA")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (graph capture, Inductor on the GPU)")
 
 
 @pytest.fixture
