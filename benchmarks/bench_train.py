@@ -142,6 +142,7 @@ def compare_modes(archs, kinds, modes, batch: int, device: str, warmup: int, rep
             rows.append({"arch": arch, "kind": kind, "batch": batch, "device": device,
                          **{f"{m}_ms": 1e3 * t[m] for m in modes},
                          **{f"{m}_vs_eager": t[m] / t["eager"] for m in modes if m != "eager" and "eager" in t}})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)   # each row as it is measured
     return rows
 
 
