@@ -67,7 +67,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = False                 # mixed precision (bfloat16 on CPU, float16 + GradScaler on CUDA)
-    amp_dtype: str = "auto"           # auto (as above) | bfloat16 | float16 (float16 on CUDA only, with GradScaler)
+    amp_dtype: str = "auto"           # auto (as above) | bfloat16 | float16 (always with GradScaler)
     step: str = "eager"               # eager | compile | graph: how a training step runs (manidp/fast_step.py)
     channels_last: bool = False
     workers: int = 4                  # image-folder loader processes (ImageNet only)
