@@ -64,7 +64,13 @@ def _common_run(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     g.add_argument("--limit-train", type=int, default=None, help="train on the first N training instances only (smoke runs)")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate on the test set every N epochs (default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: %(default)s)")
-    g.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
+    g.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU; see --amp-dtype)")
+    g.add_argument("--amp-dtype", default="auto", choices=("auto", "bfloat16", "float16"),
+                   help="--amp's dtype: auto (float16 + GradScaler on CUDA, bfloat16 on CPU), bfloat16 or float16 "
+                        "(default: %(default)s)")
+    g.add_argument("--step", default="eager", choices=("eager", "compile", "graph"),
+                   help="how a training step runs: eager, compile (torch.compile) or graph (one CUDA graph per "
+                        "step, CUDA only); see docs/gpu.md (default: %(default)s)")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on recent GPUs)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--threads", type=int, default=None,
@@ -210,7 +216,7 @@ def _train_config(args: argparse.Namespace, method: str):
     return TrainConfig(
         method=method, arch=args.arch, dataset=args.dataset, data=args.data, out=args.out, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip, seed=args.seed, device=args.device, amp=args.amp, channels_last=args.channels_last,
+        grad_clip=args.grad_clip, seed=args.seed, device=args.device, amp=args.amp, amp_dtype=args.amp_dtype, step=args.step, channels_last=args.channels_last,
         workers=args.workers, image_size=args.image_size, limit_train=args.limit_train,
         limit_test=args.limit_test, eval_every=args.eval_every, cache_dir=args.cache_dir,
         download=args.download, baseline=getattr(args, "baseline", None),

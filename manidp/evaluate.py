@@ -92,6 +92,8 @@ def _nonfinite(gates: list, logits: torch.Tensor, loss: float, seen: int) -> str
     return f"non-finite loss ({loss}) {where}"
 
 
-def _amp_dtype(device: torch.device) -> torch.dtype:
-    # bfloat16 on CPU (no GradScaler needed), float16 on CUDA.
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
+def _amp_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    # auto: bfloat16 on CPU (no GradScaler needed), float16 on CUDA; or --amp-dtype's choice.
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return getattr(torch, name)

@@ -43,9 +43,26 @@ class GateStats:
         self.n = 0
 
     @torch.no_grad()
+    def reset(self, model: ResNet) -> None:
+        """Start a new epoch in the same tensors (a captured CUDA graph writes to them: fast_step.py)."""
+        self.thresholds = [float(g.threshold) if isinstance(g, Gate) else None for g in model.gates()]
+        for t in (*self.sum, *self.sq, self.kept_sal, self.kept_n, self.frac_sum):
+            t.zero_()
+        self.frac_min.fill_(math.inf)
+        self.frac_max.fill_(-math.inf)
+        self.n = 0
+
+    @torch.no_grad()
     def update(self, model: ResNet) -> None:
+        self.accumulate(model)
         gates = model.gates()
-        for i, g in enumerate(gates):
+        if gates:
+            self.n += gates[0].saliency.shape[0]
+
+    @torch.no_grad()
+    def accumulate(self, model: ResNet) -> None:
+        """The device part of :meth:`update`: everything but the instance count."""
+        for i, g in enumerate(model.gates()):
             s = g.saliency.detach().double()
             keep = g.keep.detach()
             self.sum[i] += s.sum(0)
@@ -56,8 +73,6 @@ class GateStats:
             self.frac_sum[i] += frac.sum()
             self.frac_min[i] = torch.minimum(self.frac_min[i], frac.min())
             self.frac_max[i] = torch.maximum(self.frac_max[i], frac.max())
-        if gates:
-            self.n += gates[0].saliency.shape[0]
 
     def _reduce(self) -> None:
         if distributed.size() == 1:
@@ -75,22 +90,23 @@ class GateStats:
         self._reduce()
         if self.n == 0:
             return []
-        self.sum, self.sq = [t.cpu() for t in self.sum], [t.cpu() for t in self.sq]
-        self.kept_sal, self.kept_n, self.frac_sum, self.frac_min, self.frac_max = (
+        # host copies, read once; the device tensors stay where a captured step writes them
+        sums, sqs = [t.cpu() for t in self.sum], [t.cpu() for t in self.sq]
+        kept_sal, kept_n, frac_sum, frac_min, frac_max = (
             t.cpu() for t in (self.kept_sal, self.kept_n, self.frac_sum, self.frac_min, self.frac_max))
         out = []
         for i, name in enumerate(self.names):
-            mean_c = self.sum[i] / self.n
-            var_c = (self.sq[i] / self.n - mean_c * mean_c).clamp(min=0)
+            mean_c = sums[i] / self.n
+            var_c = (sqs[i] / self.n - mean_c * mean_c).clamp(min=0)
             out.append({
                 "gate": name,
                 "saliency_mean": float(mean_c.mean()),
                 "between_channel_std": float(mean_c.std(unbiased=False)),
                 "within_channel_std": float(var_c.sqrt().mean()),
-                "kept_min": float(self.frac_min[i]),
-                "kept_mean": float(self.frac_sum[i] / self.n),
-                "kept_max": float(self.frac_max[i]),
-                "kept_saliency_mean": float(self.kept_sal[i] / self.kept_n[i]) if self.kept_n[i] else None,
+                "kept_min": float(frac_min[i]),
+                "kept_mean": float(frac_sum[i] / self.n),
+                "kept_max": float(frac_max[i]),
+                "kept_saliency_mean": float(kept_sal[i] / kept_n[i]) if kept_n[i] else None,
                 "threshold": self.thresholds[i],
             })
         return out

@@ -56,7 +56,7 @@ class LossOptions:
                 raise ManidpError(f"--{name.replace('_', '-')} {value} must be a finite number >= 0")
 
 
-def complexity_weights(ce: torch.Tensor, reference_loss: float, gamma: float = GAMMA,
+def complexity_weights(ce: torch.Tensor, reference_loss: float | torch.Tensor, gamma: float = GAMMA,
                        scale: float = COMPLEXITY_SCALE, detach: bool = True) -> torch.Tensor:
     """w_i = 1[CE_i < C] * max((C - CE_i) / C, 1e-10) ** gamma with C = scale * reference_loss.
 
@@ -64,9 +64,14 @@ def complexity_weights(ce: torch.Tensor, reference_loss: float, gamma: float = G
     feel no sparsity pressure.
     """
     c = scale * reference_loss
+    ce = ce.detach() if detach else ce
+    if isinstance(c, torch.Tensor):   # a device tensor (manidp/fast_step.py): no host branch on its value
+        positive = c > 0
+        c = torch.where(positive, c, torch.ones_like(c))
+        w = ((c - ce) / c).clamp(min=WEIGHT_FLOOR) ** gamma
+        return w * ((ce < c) & positive).to(w.dtype)
     if c <= 0:
         return torch.zeros_like(ce)
-    ce = ce.detach() if detach else ce
     w = ((c - ce) / c).clamp(min=WEIGHT_FLOOR) ** gamma
     return w * (ce < c).to(w.dtype)
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
-from . import distributed, runfolder
+from . import distributed, fast_step, runfolder
 from .errors import ManidpError
 from .evaluate import _amp_dtype, evaluate
 from .io import write_json, write_text
@@ -66,6 +66,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = False                 # mixed precision (bfloat16 on CPU, float16 + GradScaler on CUDA)
+    amp_dtype: str = "auto"           # auto (as above) | bfloat16 | float16 (always with GradScaler)
+    step: str = "eager"               # eager | compile | graph: how a training step runs (manidp/fast_step.py)
     channels_last: bool = False
     workers: int = 4                  # image-folder loader processes (ImageNet only)
     image_size: int | None = None     # input resolution (default: the architecture's)
@@ -107,6 +109,7 @@ class TrainConfig:
         if not 0 <= self.first_threshold_epoch < self.epochs - self.fine_tune_epochs:
             raise ManidpError(f"--first-threshold-epoch must be >= 0 and before the epoch that reaches the target "
                               f"({self.epochs - self.fine_tune_epochs - 1}) (got {self.first_threshold_epoch})")
+        fast_step.check_step_mode(self.step, self.amp, self.amp_dtype, None, 1)
         method = get_method(self.method)
         if not self.out:
             raise ManidpError("--out is required: the run folder for checkpoint and metrics")
@@ -154,7 +157,7 @@ def reference_loss_pass(model: ResNet, loader, device, cfg: TrainConfig, show_pr
     total, n = 0.0, 0
     bar = progress(_instances(loader), "reference loss", disable=not show_progress)
     for x, y in loader:
-        with torch.autocast(device.type, enabled=cfg.amp, dtype=_amp_dtype(device)):
+        with torch.autocast(device.type, enabled=cfg.amp, dtype=_amp_dtype(device, cfg.amp_dtype)):
             logits = model(_prepare(x, cfg))
         total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
         n += y.numel()
@@ -174,9 +177,11 @@ def _prepare(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, cfg: TrainConfig,
-                    epoch: int, reference_loss: float | None, ckpt_path: Path, show_progress: bool = True) -> dict:
+                    epoch: int, reference_loss: float | None, ckpt_path: Path, show_progress: bool = True,
+                    runner: fast_step.StepRunner | None = None) -> dict:
     """One epoch. ``model`` is the network, or its DistributedDataParallel wrapper under torchrun:
-    then each step's loss is this process's share of the global-batch loss (``distributed.py``)."""
+    then each step's loss is this process's share of the global-batch loss (``distributed.py``).
+    With ``runner`` (--step compile or graph), its steps instead (``fast_step.py``)."""
     net = getattr(model, "module", model)
     many = distributed.size() > 1
     model.train()
@@ -186,9 +191,13 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, cfg: Tr
     gate_stats, probe = GateStats(net), {}
     bar = progress(_instances(loader), f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not show_progress)
+    if runner is not None:
+        stats = fast_step.train_epoch(runner, loader, scheduler, epoch, reference_loss, ckpt_path, bar)
+        bar.close()
+        return stats
     totals = distributed.batch_sizes(loader.num_samples, loader.batch_size) if many else None
     for step, (x, y) in enumerate(loader):
-        with torch.autocast(device.type, enabled=cfg.amp, dtype=_amp_dtype(device)):
+        with torch.autocast(device.type, enabled=cfg.amp, dtype=_amp_dtype(device, cfg.amp_dtype)):
             logits = model(_prepare(x, cfg))
         if cfg.method == "manidp":
             if many:
@@ -309,7 +318,7 @@ def _run(cfg: TrainConfig, world: distributed.World, stop_after_epoch: int | Non
     optimizer = make_optimizer(model, cfg)
     total_steps = cfg.epochs * len(train_loader)
     scheduler = make_scheduler(optimizer, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and _amp_dtype(device, cfg.amp_dtype) == torch.float16)
 
     start, history, reference_loss = 0, [], None
     if ckpt_path.exists():
@@ -321,6 +330,8 @@ def _run(cfg: TrainConfig, world: distributed.World, stop_after_epoch: int | Non
         start, history, reference_loss = saved["epoch"], saved["metrics"], saved.get("reference_loss")
     distributed.check_same(start, f"the epoch to resume from ({ckpt_path})")
     trainer = distributed.wrap(model, device) if world.size > 1 else model
+    fast_step.check_step_mode(cfg.step, cfg.amp, cfg.amp_dtype, device, world.size)
+    runner = fast_step.StepRunner(model, optimizer, cfg, device) if cfg.step != "eager" else None
     if world.main:
         write_json(out / "config.json", {**asdict(cfg), "resolved_remain_rate": target, "data_info": info})
         env = environment(device, cfg.seed)
@@ -342,7 +353,7 @@ def _run(cfg: TrainConfig, world: distributed.World, stop_after_epoch: int | Non
         clock.start_epoch()
         started = method.start_epoch(model, epoch, cfg, target)
         stats = train_one_epoch(trainer, train_loader, optimizer, scheduler, scaler, device, cfg,
-                                epoch, reference_loss, ckpt_path, show_progress)
+                                epoch, reference_loss, ckpt_path, show_progress, runner)
         clock.trained()
         record = {"epoch": epoch + 1, **stats, **started, **method.end_epoch(model, epoch, cfg, target)}
         if cfg.method == "manidp":

@@ -98,6 +98,19 @@ def test_slurm_profile_dry_run(workdir):
     assert re.search(r"rule prune:.*?resources:[^\n]*gpu=1", r.stdout, re.S)
 
 
+def test_local_profile_shares_one_gpu_and_passes_the_step_mode(workdir):
+    """--resources gpu_slots=N: every training job claims one slot of the GPU (docs/gpu.md); the
+    config's step and amp_dtype reach `manidp prune`."""
+    r = snakemake(workdir, "paper_tables/cifar10.tex", "-n", "--profile", "profiles/local",
+                  "--resources", "gpu_slots=6", "--config",
+                  'manidp={"cifar10": {"step": "graph", "amp": true, "amp_dtype": "bfloat16"}}')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert re.search(r"rule prune:.*?resources:[^\n]*gpu_slots=1", r.stdout, re.S)
+    assert re.search(r"rule train_baseline:.*?resources:[^\n]*gpu_slots=1", r.stdout, re.S)
+    prune = [line for line in r.stdout.splitlines() if "manidp prune" in line]
+    assert prune and all(f" {o} " in line for line in prune for o in ("--step graph", "--amp", "--amp-dtype bfloat16"))
+
+
 # ----------------------------------------------------------------------------- bad input: one line
 
 @pytest.mark.parametrize("args, line", [

@@ -68,6 +68,8 @@ class FbsGate(nn.Module):
         self.saliency: torch.Tensor | None = None
         self.keep: torch.Tensor | None = None
         self.feature: torch.Tensor | None = None
+        # the epoch's k as a plain int while manidp/fast_step.py trains (reading density is a host sync)
+        self.k_static: int | None = None
 
     @property
     def macs(self) -> int:
@@ -82,7 +84,7 @@ class FbsGate(nn.Module):
         """Mask wta_k(g(x)): the saliency on the k largest channels of each instance, 0 elsewhere."""
         pooled = global_pool(x) if x.dim() == 4 else x
         g = F.relu(self.fc(pooled))
-        k = self.k
+        k = self.k if self.k_static is None else self.k_static
         if k >= self.c_out:
             keep = torch.ones_like(g, dtype=torch.bool)
         else:
