@@ -1,7 +1,8 @@
 """Progress counted in instances, so the rate reads img/s and the ETA is real.
 
-On a terminal: tqdm bars. In a log (stderr not a terminal, as in every DAG step, which also passes
---quiet): no bar, but one line per quarter of each pass (:class:`LineProgress`), and every epoch's
+On a terminal: tqdm bars (on stderr). With --quiet and stdout a log (not a terminal, as in every DAG
+step): no bar, but one line per quarter of each pass on stdout, beside the epoch lines
+(:class:`LineProgress`; stderr stays for the one error line, docs/errors.md), and every epoch's
 summary line ends with its time, training images/s, the run's elapsed time and ETA (:class:`RunClock`).
 """
 from __future__ import annotations
@@ -16,9 +17,9 @@ QUARTERS = 4            # LineProgress: lines per pass
 
 
 def progress(total: int | None, desc: str, disable: bool = False):
-    """A tqdm bar; with ``disable`` (--quiet), a :class:`LineProgress` where stderr is a log, else nothing."""
+    """A tqdm bar; with ``disable`` (--quiet), a :class:`LineProgress` where stdout is a log, else nothing."""
     interactive = sys.stderr.isatty()
-    if disable and not interactive and total and os.environ.get("RANK", "0") == "0":   # torchrun: rank 0 only
+    if disable and not sys.stdout.isatty() and total and os.environ.get("RANK", "0") == "0":   # torchrun: rank 0 only
         return LineProgress(total, desc)
     # In a log file (no terminal) refresh rarely so logs stay readable.
     return tqdm(total=total, desc=desc, unit="img", unit_scale=True, dynamic_ncols=interactive,
@@ -38,7 +39,7 @@ class LineProgress:
 
     def __init__(self, total: int, desc: str, parts: int = QUARTERS, file=None, clock=time.monotonic):
         self.total, self.desc, self.parts, self.clock = int(total), desc, parts, clock
-        self.file = file or sys.stderr
+        self.file = file or sys.stdout
         self.n, self.shown, self.started = 0, 0, clock()
 
     def update(self, n: int = 1) -> None:

@@ -101,6 +101,13 @@ def test_doc_command_dry_runs(docs_workdir, command):
     if "--lint" in args:
         _assert_only_the_explained_lint(snakemake(docs_workdir, *args))
         return
+    if "--unlock" in args:
+        # Troubleshooting's unlock (in the test's copy of the checkout): it removes Snakemake's lock and
+        # plans nothing.
+        r = snakemake(docs_workdir, *args)
+        out = r.stdout + r.stderr
+        assert r.returncode == 0 and "Unlocked working directory" in out, f"{command}\n{out[-2000:]}"
+        return
     if any(a.startswith("--profile") and "slurm" in a for a in args) or any("--slurm" in a for a in args):
         pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install -e '.[slurm]'")
     if "-n" not in args and "--dry-run" not in args:

@@ -64,8 +64,8 @@ def test_quiet_run_into_a_log(cifar_mini, tmp_path):
     for n, line in enumerate(epochs, 1):
         assert re.fullmatch(rf"epoch {n} \| train CE .* \| \d+\.\d s \([\d,]+ img/s\) \| "
                             rf"elapsed \d\d:\d\d, ETA \d\d:\d\d", line), line
-    quarters = [line for line in r.stderr.splitlines() if line.startswith("baseline epoch ")]
+    quarters = [line for line in r.stdout.splitlines() if line.startswith("baseline epoch ")]
     assert [re.match(r"baseline epoch (\d)/2: (\d+)% ", q).groups() for q in quarters] == [
         (str(e), str(p)) for e in (1, 2) for p in (25, 50, 75, 100)]      # 64 of 256 images per step
     assert all(re.search(r"img\), [\d,]+ img/s, elapsed \d\d:\d\d, ETA \d\d:\d\d$", q) for q in quarters)
-    assert any(line.startswith("test: 100% (100/100 img)") for line in r.stderr.splitlines())
+    assert any(line.startswith("test: 100% (100/100 img)") for line in r.stdout.splitlines())

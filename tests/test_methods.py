@@ -283,7 +283,7 @@ def run_cli(capsys, *argv):
 @pytest.mark.parametrize("extra, needle", [
     (["--method", "fbs", "--remain-rate", "0"], "--remain-rate 0.0 is outside (0, 1]"),
     (["--method", "fbs", "--remain-rate", "1.5"], "--remain-rate 1.5 is outside (0, 1]"),
-    (["--method", "fpgm", "--target-reduction", "99.9"], "target MAC reduction 99.9% is outside"),
+    (["--method", "fpgm", "--target-reduction", "99.9"], "--target-reduction 99.9 is outside the valid range [0, "),
     (["--method", "fbs", "--remain-rate", "0.5", "--lambda-l1", "-1"], "--lambda-l1 -1.0 must be"),
     (["--method", "fbs", "--remain-rate", "0.5", "--lambda-sim", "0"],
      "--lambda-sim is an option of --method manidp, not of --method fbs"),
