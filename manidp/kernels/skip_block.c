@@ -39,16 +39,34 @@
 typedef float vf __attribute__((vector_size(VL * 4)));
 
 static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
 /* max(x, 0) that vectorises (fmaxf's NaN rules keep GCC from using vmaxps). */
 static inline float relu(float x) { return x > 0.0f ? x : 0.0f; }
 /* x - 0 == x exactly (unlike x + 0 for x = -0), so this folds to a single broadcast. */
 static inline vf splat(float x) { return x - (vf){0}; }
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
+/* max(x, 0) per lane: the comparison's all-ones lanes keep x (C has no vector ?:). */
+static inline vf vrelu(vf x) { return (vf)((vi)x & (x > (vf){0})); }
 
-enum { STORE = 0, STORE_RELU = 1, ACCUMULATE = 2 };
+/* ACCUMULATE_RELU: C = ReLU(C + ...), conv_b of an identity block (see manidp_block). */
+enum { STORE = 0, STORE_RELU = 1, ACCUMULATE = 2, ACCUMULATE_RELU = 3 };
+
+/* One output vector of the epilogue: what ``mode`` makes of C from t = A.B (bias, scale, mask as
+ * for gemm_t). Inlined with a constant mode into tile's loops. */
+static inline vf epilogue(int mode, vf c, vf t, float bias, float scale, vf mask)
+{
+    switch (mode) {
+    case STORE: return (t + bias) * scale * mask;
+    case STORE_RELU: return vrelu(t + bias) * scale * mask;
+    case ACCUMULATE: return c + (t + bias) * scale * mask;
+    default: return vrelu(c + (t + bias) * scale * mask);
+    }
+}
 
 /* C[crow[i] + n] (op)= scale[i] * (bias[i] + sum_k A[arow[i] + acol[k]] * B[boff[k] + n]) * mask[n]
  * for rows i < M, columns n < N. STORE_RELU applies ReLU before the scale (scale >= 0). Reads B up
- * to NR - 1 floats past column N of a row: B buffers end with SLACK finite (zero) floats. */
+ * to NR - 1 floats past column N of a row: B buffers end with SLACK finite (zero) floats.
+ * ACCUMULATE_RELU applies ReLU after the accumulation. */
 typedef struct {
     int64_t M, K, N;
     const float *A; const int64_t *arow, *acol;
@@ -80,20 +98,27 @@ static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t 
             for (int v = 0; v < nv; v++) acc[i][v] += ai * bv[v];
         }
     }
+    /* Epilogue in vectors; a last vector that passes column N is done through a stack copy, so
+     * nothing past a row's end is written (the next row or plane starts there). */
     const int64_t cols = g->N - n0 < nv * VL ? g->N - n0 : nv * VL;
+    const int full = (int)(cols / VL), mode = g->mode;
     const float *mask = g->mask + n0;
     for (int i = 0; i < mr; i++) {
-        float t[NR];
-        memcpy(t, acc[i], sizeof(vf) * nv);
         float *c = g->C + g->crow[m0 + i] + n0;
         const float bias = g->bias ? g->bias[m0 + i] : 0.0f;
         const float scale = g->scale ? g->scale[m0 + i] : 1.0f;
-        if (g->mode == STORE)
-            for (int64_t n = 0; n < cols; n++) c[n] = (t[n] + bias) * scale * mask[n];
-        else if (g->mode == STORE_RELU)
-            for (int64_t n = 0; n < cols; n++) c[n] = relu(t[n] + bias) * scale * mask[n];
-        else
-            for (int64_t n = 0; n < cols; n++) c[n] += (t[n] + bias) * scale * mask[n];
+        for (int v = 0; v < nv; v++) {
+            if (v < full) {
+                store(c + v * VL, epilogue(mode, load(c + v * VL), acc[i][v], bias, scale, load(mask + v * VL)));
+            } else if (v * VL < cols) {
+                const int64_t r = cols - v * VL;
+                float cv[VL] = {0}, mv[VL] = {0};
+                memcpy(cv, c + v * VL, sizeof(float) * r);
+                memcpy(mv, mask + v * VL, sizeof(float) * r);
+                store(cv, epilogue(mode, load(cv), acc[i][v], bias, scale, load(mv)));
+                memcpy(c + v * VL, cv, sizeof(float) * r);
+            }
+        }
     }
 }
 
@@ -125,16 +150,17 @@ static void tile_any(const gemm_t *g, int64_t m0, int mr, int64_t n0)
 
 /* Tiles ordered column panel by column panel, rows inside: a thread's consecutive tiles reuse one B
  * panel from cache. Static schedule over the flat tile index splits the rows when there is a single
- * panel (7x7 maps) and the panels when there are many (56x56). Returns MACs per valid pixel. */
+ * panel (7x7 maps) and the panels when there are many (56x56). The M rows are shared evenly among
+ * ceil(M / MR) row tiles (8 rows: 4 + 4, not 6 + 2, whose 8 accumulators cannot hide the FMA
+ * latency); a row's result does not depend on its tile. Returns MACs per valid pixel. */
 static int64_t gemm(const gemm_t *g, int threads)
 {
     if (g->M == 0 || g->K == 0) return 0;
     const int64_t mt = (g->M + MR - 1) / MR, nt = (g->N + NR - 1) / NR;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < mt * nt; t++) {
-        const int64_t m0 = (t % mt) * MR;
-        const int64_t left = g->M - m0;
-        tile_any(g, m0, left < MR ? (int)left : MR, (t / mt) * NR);
+        const int64_t r = t % mt, m0 = r * g->M / mt, m1 = (r + 1) * g->M / mt;
+        tile_any(g, m0, (int)(m1 - m0), (t / mt) * NR);
     }
     return g->M * g->K;
 }
@@ -254,7 +280,8 @@ static void zero_borders(float *x, int64_t c, int64_t ho, int64_t wo)
 }
 
 /* Run one block on padded-planar ``x`` [c_in][(h+2)(w+2)] + SLACK. ``out``: ``x`` itself for an
- * identity shortcut (the result is added in place), else a buffer of c_out planes of the output
+ * identity shortcut (the result is added in place; ``x`` must then be >= 0, as every block input of
+ * a ResNet is: the ReLU pass covers only the rows conv_b adds to), else a buffer of c_out planes of the output
  * size + SLACK that this function fills completely. kept_out[0..1] = |k1|, |k2|. Returns the MACs
  * run, or -1 if memory ran out. */
 int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, int64_t w, int threads,
@@ -277,7 +304,9 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
     int64_t pp = plane_in;
     if (!pooled || !hidden || !pi1 || !pi2 || !mask || !bias || !scale || !k1 || !k2 || !arow ||
         !crow || !acol || !boff) { macs = -1; goto done; }
-    for (int64_t i = 0; i < n; i++) mask[i] = (i % wp) < wo ? 1.0f : 0.0f;
+    for (int64_t y = 0; y < ho; y++)        /* (row by row: a modulo per column cost ~10% of a */
+        for (int64_t q = 0; q < wp; q++)    /*  CIFAR block) */
+            mask[y * wp + q] = q < wo ? 1.0f : 0.0f;
 
     /* Gate 1 reads the block input. */
     plane_means(x, b->c_in, plane_in, h * w, pooled, threads);
@@ -338,21 +367,27 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
             arow[i] = k2[i] * b->c_mid * 9; crow[i] = k2[i] * plane + wp + 1;
             bias[i] = b->bb[k2[i]]; scale[i] = pi2[k2[i]];
         }
-        gemm_t g = {n2, 9 * n1, n, b->wb, arow, acol, mid, boff, out, crow, bias, scale, mask, ACCUMULATE};
+        gemm_t g = {n2, 9 * n1, n, b->wb, arow, acol, mid, boff, out, crow, bias, scale, mask,
+                    b->ws ? ACCUMULATE : ACCUMULATE_RELU};
         macs += gemm(&g, threads) * pixels;
     } else if (n2) {
         /* A convolution over no input channels is its bias (0 MACs): BN(conv(0)) times m2. */
         for (int64_t i = 0; i < n2; i++) {
             float *c = out + k2[i] * plane + wp + 1;
             const float v = b->bb[k2[i]] * pi2[k2[i]];
-            for (int64_t j = 0; j < n; j++) c[j] += v * mask[j];
+            for (int64_t j = 0; j < n; j++) c[j] = b->ws ? c[j] + v * mask[j] : relu(c[j] + v * mask[j]);
         }
     }
 
-    /* ReLU of the whole output (the zero borders stay zero). */
-    const int64_t total = b->c_out * plane;
+    /* ReLU of the output (the zero borders stay zero). With an identity shortcut only the k2 rows
+     * changed, and conv_b's epilogue applied it there: the other rows are the block's input, a
+     * ReLU output (the stem's or the previous block's), already >= 0. A projection shortcut's rows
+     * can be negative everywhere. */
+    if (b->ws) {
+        const int64_t total = b->c_out * plane;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < total; i++) out[i] = relu(out[i]);
+        for (int64_t i = 0; i < total; i++) out[i] = relu(out[i]);
+    }
     kept_out[0] = n1;
     kept_out[1] = n2;
 done:
@@ -420,7 +455,8 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
     int64_t *arow = malloc(sizeof(int64_t) * c_out), *crow = malloc(sizeof(int64_t) * c_out);
     int64_t *acol = malloc(sizeof(int64_t) * kk), *boff = malloc(sizeof(int64_t) * kk);
     if (!split || !y || !mask || !arow || !crow || !acol || !boff) goto done;
-    for (int64_t i = 0; i < n; i++) mask[i] = (i % pitch) < wo ? 1.0f : 0.0f;
+    for (int64_t y = 0; y < ho; y++)
+        for (int64_t q = 0; q < pitch; q++) mask[y * pitch + q] = q < wo ? 1.0f : 0.0f;
     for (int64_t i = 0; i < c_out; i++) { arow[i] = i * kk; crow[i] = i * n; }
     for (int64_t c = 0; c < c_in; c++)
         for (int64_t t = 0; t < k * k; t++) {
