@@ -399,9 +399,9 @@ class SkippingResNet(nn.Module):
         union = strategy == "union" and x.shape[0] > 1
         native_loop = self.kernel == "native" and x.device.type == "cpu" and not union
         if native_loop:
-            # The C kernel runs the stem (conv, ReLU, max-pool) and then every block in one call
-            # (see _network_native); its MACs include the stem's.
-            x, executed, kept = self._network_native(x)
+            # The C kernel runs the stem (conv, ReLU, max-pool), every block and the FC head in
+            # one call (see _network_native); its MACs include the stem's.
+            _, logits, executed, kept = self._network_native(x, features=False)
         elif union:
             x, stem_macs = self._stem(x)
             x, macs, kept = self._blocks_union(x)
@@ -417,7 +417,10 @@ class SkippingResNet(nn.Module):
                 kept.append(counts)
             x = torch.cat(outs) if len(outs) > 1 else outs[0]
             kept = torch.tensor(kept, dtype=torch.int64)
-        logits, fc_macs = self._head(x)           # x: pooled features [B, C]
+        if native_loop:
+            fc_macs = self.fc_w.numel()
+        else:
+            logits, fc_macs = self._head(x)       # x: pooled features [B, C]
         self.executed_macs = [m + fc_macs for m in executed]
         self.kept = kept
         return logits
@@ -444,13 +447,10 @@ class SkippingResNet(nn.Module):
         and the ImageNet max-pool, written whole into ``out`` in the padded-planar layout
         (:func:`to_padded`, size from :meth:`_stem_size`) -> the stem's MACs. ResNet-34's stem:
         2.4 ms, against 2.7 ms for oneDNN's convolution + PyTorch's pool (1 thread, side by side)."""
-        conv = self.stem
-        c_out, c_in, k, _ = conv.weight.shape
+        c_in, weight, bias, c_out, k, stride, pad, maxpool = self._native_args()[0]
         image = image.contiguous()
         macs = native.load().manidp_stem(image.data_ptr(), c_in, image.shape[1], image.shape[2],
-                                         conv.weight.data_ptr(),
-                                         None if conv.bias is None else conv.bias.data_ptr(), c_out,
-                                         k, conv.stride[0], conv.padding[0], int(self.maxpool),
+                                         weight, bias, c_out, k, stride, pad, maxpool,
                                          out.data_ptr(), threads or torch.get_num_threads())
         if macs < 0:
             raise MemoryError("manidp.accel native kernel: out of memory")
@@ -466,37 +466,61 @@ class SkippingResNet(nn.Module):
             spaces[threading.get_ident()] = ws = torch.empty(n, size)
         return ws
 
-    def _native_blocks(self):
-        """Every block's ``block_t`` as one C array, rebuilt only if a block's buffers moved (one
-        pointer per block checked: asking 27 blocks for their ``block_t`` cost ~25 us per call)."""
-        key = tuple(b.wa.data_ptr() for b in self.blocks)
-        cached = self.__dict__.get("_native_array")
-        if cached is None or cached[0] != key:
-            weights = [b.native_weights() for b in self.blocks]
-            self._native_array = cached = (key, (native.BlockWeights * len(weights))(*weights))
-        return cached[1]
+    def _native_args(self):
+        """(the stem's arguments, every block's ``block_t`` as one C array), rebuilt only if a
+        buffer moved: the stem's weight and one per block are checked, reading the modules'
+        buffer dicts directly (asking 27 blocks for their ``block_t`` cost ~25 us per call, and
+        reading their buffers as module attributes ~19 us)."""
+        cached = self.__dict__.get("_native_cache")
+        if cached is not None:
+            stem_args, array, dicts, key, _ = cached
+            if [d["wa"].data_ptr() for d in dicts] == key and stem_args[1] == self.stem.weight.data_ptr():
+                return stem_args, array
+        conv = self.stem
+        c_out, c_in, k, _ = conv.weight.shape
+        stem_args = (c_in, conv.weight.data_ptr(), None if conv.bias is None else conv.bias.data_ptr(),
+                     c_out, k, conv.stride[0], conv.padding[0], int(self.maxpool))
+        stem_t = native.StemWeights(stem_args[1], stem_args[2], c_in, c_out, k, conv.stride[0],
+                                    conv.padding[0], int(self.maxpool))
+        weights = [b.native_weights() for b in self.blocks]
+        array = (native.BlockWeights * len(weights))(*weights)
+        dicts = [b._buffers for b in self.blocks]
+        self.__dict__["_native_cache"] = (stem_args, array, dicts, [d["wa"].data_ptr() for d in dicts],
+                                          stem_t)
+        return stem_args, array
 
-    def _network_native(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int], torch.Tensor]:
-        """A batch of images through the stem (one C call per image) and then every block with the
-        C kernel, in one call: at batch 1 the instance uses every thread; at batch > 1 instances
-        are split across threads, each single-threaded (whole instances keep the cores busier than
-        tiles of one small GEMM) -> (pooled features [B, C], stem and block MACs per instance,
-        kept counts [B, num_gates])."""
+    def _native_blocks(self):
+        """Every block's ``block_t`` as one C array (see :meth:`_native_args`)."""
+        return self._native_args()[1]
+
+    def _network_native(self, x: torch.Tensor, features: bool = True
+                        ) -> tuple[torch.Tensor | None, torch.Tensor, list[int], torch.Tensor]:
+        """A batch of images through the stem, every block and the FC head with the C kernel, in
+        one call (``manidp_forward``): at batch 1 the instance uses every thread; at batch > 1
+        instances are split across threads, each single-threaded (whole instances keep the cores
+        busier than tiles of one small GEMM) -> (pooled features [B, C] (``features``, else None),
+        logits [B, classes], stem and block MACs per instance, kept counts [B, num_gates]). Every
+        allocation here counts: at batch 1 on CIFAR this Python runs with caches the kernel has just
+        flushed (four tensors cost ~26 us per call there; the MACs come back in a ctypes array)."""
         n = x.shape[0]
+        x = x.contiguous()
         c, h, w = self._stem_size(*x.shape[-2:])
         bufs = self._workspace(n, padded_size(c, h, w))
-        stem_macs = [self._native_stem(x[i], bufs[i]) for i in range(n)]
-        blocks = self._native_blocks()
-        pointers = (ctypes.c_void_p * n)(*[b.data_ptr() for b in bufs])
-        pooled = x.new_empty(n, blocks[-1].c_out)
-        macs = torch.empty(n, dtype=torch.int64)
+        self._native_args()
+        blocks, stem = self._native_cache[1], self._native_cache[4]
+        pointers = (ctypes.c_void_p * n)(*[bufs[i].data_ptr() for i in range(n)])
+        pooled = x.new_empty(n, blocks[-1].c_out) if features else None
+        logits = x.new_empty(n, self.fc_w.shape[0])
+        macs = (ctypes.c_int64 * n)()
         kept = torch.empty(n, 2 * len(self.blocks), dtype=torch.int64)
-        status = native.load().manidp_network(blocks, len(self.blocks), n, pointers, h, w,
-                                              torch.get_num_threads(), pooled.data_ptr(),
-                                              macs.data_ptr(), kept.data_ptr())
+        status = native.load().manidp_forward(stem, blocks, len(self.blocks), self.fc_w.data_ptr(),
+                                              self.fc_b.data_ptr(), self.fc_w.shape[0], n, x.data_ptr(),
+                                              x.shape[-2], x.shape[-1], pointers, torch.get_num_threads(),
+                                              None if pooled is None else pooled.data_ptr(),
+                                              logits.data_ptr(), macs, kept.data_ptr())
         if status != 0:
             raise MemoryError("manidp.accel native kernel: out of memory")
-        return pooled, [m + s for m, s in zip(macs.tolist(), stem_macs)], kept
+        return pooled, logits, list(macs), kept
 
     def _blocks_native(self, x: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, int, list[int]]:
         """One image [1, C, H, W] through the C stem and then block by block, one C call each, on

@@ -40,6 +40,12 @@ class BlockWeights(ctypes.Structure):
                                                  "g2_clamp")])
 
 
+class StemWeights(ctypes.Structure):
+    """``stem_t`` of skip_block.c, field for field."""
+    _fields_ = ([(k, ctypes.c_void_p) for k in ("w", "b")]
+                + [(k, ctypes.c_int64) for k in ("c_in", "c_out", "k", "stride", "pad", "maxpool")])
+
+
 def _cpu_flags() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -136,6 +142,12 @@ def load() -> ctypes.CDLL | None:
     lib.manidp_stem.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                 ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    lib.manidp_forward.restype = ctypes.c_int
+    lib.manidp_forward.argtypes = [ctypes.POINTER(StemWeights), ctypes.POINTER(BlockWeights),
+                                   ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                   ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                   ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_void_p,
+                                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.manidp_pool.restype = None
     lib.manidp_pool.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                 ctypes.c_void_p]

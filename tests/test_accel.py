@@ -114,25 +114,30 @@ def test_native_threads_give_identical_outputs():
     """The C kernel splits whole output tiles between threads (batch 1), or whole instances (batch
     > 1), each summed in the same order, so neither the thread count nor the batch path can change a
     bit of the pooled features the FC reads (the FC itself is PyTorch's, whose GEMM may split its
-    sums differently per thread count)."""
+    sums differently per thread count; the C kernel's own FC, run by the batch path, sums in a
+    fixed order, so its logits do not change either)."""
     x = torch.randn(3, 3, 96, 96)
     model = gated("resnet18", x)
     if native._compiler() is None:
         pytest.skip("no C compiler")
     engine = accel.convert(model, kernel="native")
-    runs = []
+    runs, logit_runs = [], []
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             with torch.inference_mode():
                 singles = [engine._blocks_native(x[i:i + 1]) for i in range(len(x))]
-                pooled, macs, kept = engine._network_native(x)
+                pooled, logits, macs, kept = engine._network_native(x)
             runs.append(torch.cat([p for p, _, _ in singles]))
+            logit_runs.append(logits)
+            with torch.inference_mode():      # batch 1: every thread on the one instance
+                assert torch.equal(engine._network_native(x[:1])[1][0], logits[0])
             assert torch.equal(pooled, runs[-1])
             assert macs == [m for _, m, _ in singles] and kept.tolist() == [c for _, _, c in singles]
     finally:
         torch.set_num_threads(1)
     assert all(torch.equal(r, runs[0]) for r in runs)
+    assert all(torch.equal(r, logit_runs[0]) for r in logit_runs)
 
 
 @pytest.mark.parametrize("arch,size", [("resnet56", 32), ("resnet18", 64)])
