@@ -165,7 +165,7 @@ def profile_blocks(vs: dict, x: torch.Tensor, repeats: int) -> list[dict]:
                 padded = accel.to_padded(h[0])
                 fns["engine"] = lambda: eb.forward_native(padded.clone(), hh, hw)
                 fns["engine-all-open"] = lambda: ob.forward_native(padded.clone(), hh, hw)
-                *_, n1, n2 = eb.forward_native(padded.clone(), hh, hw)
+                n1, n2 = eb.forward_native(padded.clone(), hh, hw)[4:6]
             else:
                 fns["engine"] = fns["engine-torch"]
                 *_, n1, n2 = tb.forward_one(h.clone(memory_format=torch.channels_last))

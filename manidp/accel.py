@@ -245,20 +245,24 @@ class _SkipBlock(nn.Module):
             self._native = (self.wa.data_ptr(), w)
         return self._native[1]
 
-    def forward_native(self, x: torch.Tensor, h: int, w: int,
-                       threads: int | None = None) -> tuple[torch.Tensor, int, int, int, int, int]:
+    def forward_native(self, x: torch.Tensor, h: int, w: int, threads: int | None = None,
+                       sums: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, int, int, int, int, int, torch.Tensor]:
         """One instance with the C kernel: padded-planar ``x`` (:func:`to_padded`) of an ``h`` x
-        ``w`` map -> (output, its height, width, MACs run, |k1|, |k2|). With an identity shortcut
-        the output is ``x`` itself, updated in place."""
+        ``w`` map and its channel sums if known (the previous block's) -> (output, its height,
+        width, MACs run, |k1|, |k2|, its channel sums). With an identity shortcut the output is
+        ``x`` itself, updated in place."""
         lib, weights = native.load(), self.native_weights()
         ho, wo = _out_size(h, self.stride), _out_size(w, self.stride)
         out = x if self.shortcut is None else x.new_empty(padded_size(weights.c_out, ho, wo))
         kept = (ctypes.c_int64 * 2)()
+        out_sums = x.new_empty(weights.c_out)
         macs = lib.manidp_block(ctypes.byref(weights), x.data_ptr(), out.data_ptr(), h, w,
-                                threads or torch.get_num_threads(), kept)
+                                threads or torch.get_num_threads(), kept,
+                                None if sums is None else sums.data_ptr(), out_sums.data_ptr())
         if macs < 0:
             raise MemoryError("manidp.accel native kernel: out of memory")
-        return out, ho, wo, macs, kept[0], kept[1]
+        return out, ho, wo, macs, kept[0], kept[1], out_sums
 
     def _gather_b(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """conv_b weight for outputs ``rows`` over inputs ``cols``: [|rows|, |cols|*9]."""
@@ -529,14 +533,14 @@ class SkippingResNet(nn.Module):
         c, h, w = self._stem_size(*x.shape[-2:])
         buf = x.new_empty(padded_size(c, h, w))
         macs = self._native_stem(x[0], buf, threads)
-        counts = []
+        counts, sums = [], None
         for block in self.blocks:
-            buf, h, w, m, n1, n2 = block.forward_native(buf, h, w, threads)
+            buf, h, w, m, n1, n2, sums = block.forward_native(buf, h, w, threads, sums)
             macs += m
             counts += [n1, n2]
         c = self.blocks[-1].bb.numel()
         pooled = buf.new_empty(1, c)
-        native.load().manidp_pool(buf.data_ptr(), c, h, w, pooled.data_ptr())
+        native.load().manidp_pool(sums.data_ptr(), c, h, w, pooled.data_ptr())
         return pooled, macs, counts
 
     def _blocks_union(self, x: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor]:

@@ -128,7 +128,7 @@ def load() -> ctypes.CDLL | None:
     lib.manidp_block.restype = ctypes.c_int64
     lib.manidp_block.argtypes = [ctypes.POINTER(BlockWeights), ctypes.c_void_p, ctypes.c_void_p,
                                  ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
-                                 ctypes.POINTER(ctypes.c_int64)]
+                                 ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p, ctypes.c_void_p]
     lib.manidp_slack.restype = ctypes.c_int64
     lib.manidp_isa.restype = ctypes.c_char_p
     if lib.manidp_slack() != SLACK:

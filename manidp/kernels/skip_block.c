@@ -74,6 +74,7 @@ typedef struct {
     float *C; const int64_t *crow;
     const float *bias, *scale, *mask;
     int mode;
+    float *rowsum; /* or NULL: rowsum[i * panels + p] = sum of what row i stored in column panel p */
 } gemm_t;
 
 /* ``mr`` rows x ``nv`` vectors (both compile-time constants after inlining into tile_any). */
@@ -107,18 +108,40 @@ static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t 
         float *c = g->C + g->crow[m0 + i] + n0;
         const float bias = g->bias ? g->bias[m0 + i] : 0.0f;
         const float scale = g->scale ? g->scale[m0 + i] : 1.0f;
+        vf sum = {0};
         for (int v = 0; v < nv; v++) {
             if (v < full) {
-                store(c + v * VL, epilogue(mode, load(c + v * VL), acc[i][v], bias, scale, load(mask + v * VL)));
+                const vf r = epilogue(mode, load(c + v * VL), acc[i][v], bias, scale, load(mask + v * VL));
+                store(c + v * VL, r);
+                sum += r;
             } else if (v * VL < cols) {
-                const int64_t r = cols - v * VL;
+                const int64_t n = cols - v * VL;
                 float cv[VL] = {0}, mv[VL] = {0};
-                memcpy(cv, c + v * VL, sizeof(float) * r);
-                memcpy(mv, mask + v * VL, sizeof(float) * r);
-                store(cv, epilogue(mode, load(cv), acc[i][v], bias, scale, load(mv)));
-                memcpy(c + v * VL, cv, sizeof(float) * r);
+                memcpy(cv, c + v * VL, sizeof(float) * n);
+                memcpy(mv, mask + v * VL, sizeof(float) * n);
+                const vf r = epilogue(mode, load(cv), acc[i][v], bias, scale, load(mv));
+                store(cv, r);
+                memcpy(c + v * VL, cv, sizeof(float) * n);
+                for (int64_t l = 0; l < n; l++) sum[l] += cv[l];   /* lanes past N stay out */
             }
         }
+        if (g->rowsum) {
+            float t = 0.0f;
+            for (int l = 0; l < VL; l++) t += sum[l];
+            g->rowsum[(m0 + i) * ((g->N + NR - 1) / NR) + n0 / NR] = t;
+        }
+    }
+}
+
+/* Row sums of a gemm with ``rowsum``: panel partial sums added in panel order, so the result does
+ * not depend on which thread ran which tile. */
+static void row_sums(const gemm_t *g, float *out)
+{
+    const int64_t panels = (g->N + NR - 1) / NR;
+    for (int64_t i = 0; i < g->M; i++) {
+        float t = 0.0f;
+        for (int64_t p = 0; p < panels; p++) t += g->rowsum[i * panels + p];
+        out[i] = t;
     }
 }
 
@@ -195,9 +218,11 @@ static void saliency(const float *pooled, int64_t n_in, const int64_t *rows, con
     for (int64_t o = 0; o < c_out; o++) pi[o] = fminf(fmaxf(pi[o], 0.0f), clamp);
 }
 
-/* Mean of each of ``c`` padded planes (the border is zero, so the plane sum is the map sum).
- * Vector partial sums: a scalar running sum is one dependent add per float, 4-8x slower. */
-static void plane_means(const float *x, int64_t c, int64_t plane, int64_t pixels, float *out, int threads)
+/* Sum of each of ``c`` padded planes (the border is zero, so the plane sum is the map sum).
+ * Vector partial sums: a scalar running sum is one dependent add per float, 4-8x slower. Blocks
+ * carry their output's channel sums to the next block (see manidp_block), so this runs only on the
+ * first block's input. */
+static void plane_sums(const float *x, int64_t c, int64_t plane, float *out, int threads)
 {
 #pragma omp parallel for num_threads(threads) schedule(static) if (c * plane > 65536)
     for (int64_t i = 0; i < c; i++) {
@@ -208,7 +233,7 @@ static void plane_means(const float *x, int64_t c, int64_t plane, int64_t pixels
         float s = 0.0f;
         for (; n < plane; n++) s += p[n];
         for (int l = 0; l < VL; l++) s += acc[l];
-        out[i] = s / (float)pixels;
+        out[i] = s;
     }
 }
 
@@ -244,13 +269,20 @@ static float *phases(const float *x, int64_t c, int64_t h, int64_t w, int64_t pa
         const float *src = x + (i / (s * s)) * h * w;
         float *dst = out + i * size;
         memset(dst, 0, sizeof(float) * size);
+        /* Columns q with 0 <= s*q + px - pad < w, found once: no test per float (the split was
+         * 8% of a CIFAR ResNet-20's block time with one). */
+        int64_t q0 = 0, q1 = 0;
+        while (s * q0 + px - pad < 0) q0++;
+        while (s * q1 + px < wq && s * q1 + px - pad < w) q1++;
         for (int64_t r = 0; s * r + py < hp; r++) {
             const int64_t sy = s * r + py - pad;
             if (sy < 0 || sy >= h) continue;
-            for (int64_t q = 0; s * q + px < wq; q++) {
-                const int64_t sx = s * q + px - pad;
-                if (sx >= 0 && sx < w) dst[r * pitch + q] = src[sy * w + sx];
-            }
+            const float *row = src + sy * w + px - pad;
+            float *d = dst + r * pitch;
+            if (s == 2)
+                for (int64_t q = q0; q < q1; q++) d[q] = row[2 * q];
+            else
+                for (int64_t q = q0; q < q1; q++) d[q] = row[s * q];
         }
     }
     memset(out + planes * size, 0, sizeof(float) * SLACK);
@@ -282,10 +314,15 @@ static void zero_borders(float *x, int64_t c, int64_t ho, int64_t wo)
 /* Run one block on padded-planar ``x`` [c_in][(h+2)(w+2)] + SLACK. ``out``: ``x`` itself for an
  * identity shortcut (the result is added in place; ``x`` must then be >= 0, as every block input of
  * a ResNet is: the ReLU pass covers only the rows conv_b adds to), else a buffer of c_out planes of the output
- * size + SLACK that this function fills completely. kept_out[0..1] = |k1|, |k2|. Returns the MACs
- * run, or -1 if memory ran out. */
+ * size + SLACK that this function fills completely. kept_out[0..1] = |k1|, |k2|.
+ * ``in_sums`` [c_in]: the channel sums of ``x`` if known (a previous block's ``out_sums``), else
+ * NULL (they are then summed here). ``out_sums`` [c_out], or NULL: the output's channel sums, for
+ * the next block's gate 1 and the final pool. They come from the GEMM epilogues (conv_b's kept rows;
+ * an identity block's other rows are its input's, unchanged) and the projection block's ReLU pass,
+ * so that no block reads its whole input map again for its gate: on CIFAR that pass and gate 2's
+ * were ~8% of a block. Returns the MACs run, or -1 if memory ran out. */
 int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, int64_t w, int threads,
-                     int64_t *kept_out)
+                     int64_t *kept_out, const float *in_sums, float *out_sums)
 {
     const int64_t s = b->stride, ho = (h - 1) / s + 1, wo = (w - 1) / s + 1;
     const int64_t plane_in = (h + 2) * (w + 2), wp = wo + 2, plane = (ho + 2) * wp, n = ho * wp;
@@ -300,16 +337,20 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
     int64_t *k1 = malloc(sizeof(int64_t) * b->c_mid), *k2 = malloc(sizeof(int64_t) * b->c_out);
     int64_t *arow = malloc(sizeof(int64_t) * cmax), *crow = malloc(sizeof(int64_t) * cmax);
     int64_t *acol = malloc(sizeof(int64_t) * big), *boff = malloc(sizeof(int64_t) * big);
+    const int64_t panels = (n + NR - 1) / NR;
+    float *rowsum = malloc(sizeof(float) * cmax * panels), *xs = malloc(sizeof(float) * b->c_in);
+    float *rows = malloc(sizeof(float) * cmax);
     float *mid = NULL, *split = NULL;
     int64_t pp = plane_in;
     if (!pooled || !hidden || !pi1 || !pi2 || !mask || !bias || !scale || !k1 || !k2 || !arow ||
-        !crow || !acol || !boff) { macs = -1; goto done; }
+        !crow || !acol || !boff || !rowsum || !xs || !rows) { macs = -1; goto done; }
     for (int64_t y = 0; y < ho; y++)        /* (row by row: a modulo per column cost ~10% of a */
         for (int64_t q = 0; q < wp; q++)    /*  CIFAR block) */
             mask[y * wp + q] = q < wo ? 1.0f : 0.0f;
 
-    /* Gate 1 reads the block input. */
-    plane_means(x, b->c_in, plane_in, h * w, pooled, threads);
+    /* Gate 1 reads the block input's channel means. */
+    if (!in_sums) { plane_sums(x, b->c_in, plane_in, xs, threads); in_sums = xs; }
+    for (int64_t c = 0; c < b->c_in; c++) pooled[c] = in_sums[c] / (float)(h * w);
     saliency(pooled, b->c_in, NULL, b->g1_fc1_t, b->hid1, b->g1_fc2_t, b->g1_fc2_b, b->c_mid,
              b->g1_clamp, hidden, pi1);
     n1 = kept(pi1, b->c_mid, b->g1_threshold, k1);
@@ -343,11 +384,13 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
             arow[i] = k1[i] * b->c_in * 9; crow[i] = i * plane + wp + 1;
             bias[i] = b->ba[k1[i]]; scale[i] = pi1[k1[i]];
         }
-        gemm_t g = {n1, 9 * b->c_in, n, b->wa, arow, acol, src, boff, mid, crow, bias, scale, mask, STORE_RELU};
+        gemm_t g = {n1, 9 * b->c_in, n, b->wa, arow, acol, src, boff, mid, crow, bias, scale, mask,
+                    STORE_RELU, rowsum};
         macs += gemm(&g, threads) * pixels;
         zero_borders(mid, n1, ho, wo);
         /* Gate 2 reads the masked map, zero on pruned channels: only FC1 rows k1 matter. */
-        plane_means(mid, n1, plane, pixels, pooled, threads);
+        row_sums(&g, pooled);
+        for (int64_t i = 0; i < n1; i++) pooled[i] /= (float)pixels;
         saliency(pooled, n1, k1, b->g2_fc1_t, b->hid2, b->g2_fc2_t, b->g2_fc2_b, b->c_out,
                  b->g2_clamp, hidden, pi2);
     } else {
@@ -368,15 +411,21 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
             bias[i] = b->bb[k2[i]]; scale[i] = pi2[k2[i]];
         }
         gemm_t g = {n2, 9 * n1, n, b->wb, arow, acol, mid, boff, out, crow, bias, scale, mask,
-                    b->ws ? ACCUMULATE : ACCUMULATE_RELU};
+                    b->ws ? ACCUMULATE : ACCUMULATE_RELU, b->ws ? NULL : rowsum};
         macs += gemm(&g, threads) * pixels;
+        if (!b->ws) row_sums(&g, rows);
     } else if (n2) {
         /* A convolution over no input channels is its bias (0 MACs): BN(conv(0)) times m2. */
         for (int64_t i = 0; i < n2; i++) {
             float *c = out + k2[i] * plane + wp + 1;
             const float v = b->bb[k2[i]] * pi2[k2[i]];
             for (int64_t j = 0; j < n; j++) c[j] = b->ws ? c[j] + v * mask[j] : relu(c[j] + v * mask[j]);
+            if (!b->ws) plane_sums(out + k2[i] * plane, 1, plane, rows + i, 1);
         }
+    }
+    if (!b->ws && out_sums) {   /* identity: the input's sums, but for the rows conv_b changed */
+        memcpy(out_sums, in_sums, sizeof(float) * b->c_out);
+        for (int64_t i = 0; i < n2; i++) out_sums[k2[i]] = rows[i];
     }
 
     /* ReLU of the output (the zero borders stay zero). With an identity shortcut only the k2 rows
@@ -384,15 +433,19 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
      * ReLU output (the stem's or the previous block's), already >= 0. A projection shortcut's rows
      * can be negative everywhere. */
     if (b->ws) {
-        const int64_t total = b->c_out * plane;
 #pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t i = 0; i < total; i++) out[i] = relu(out[i]);
+        for (int64_t c = 0; c < b->c_out; c++) {
+            float *o = out + c * plane;
+            for (int64_t i = 0; i < plane; i++) o[i] = relu(o[i]);
+        }
+        if (out_sums) plane_sums(out, b->c_out, plane, out_sums, threads);
     }
     kept_out[0] = n1;
     kept_out[1] = n2;
 done:
     free(pooled); free(hidden); free(pi1); free(pi2); free(mask); free(bias); free(scale);
     free(k1); free(k2); free(arow); free(crow); free(acol); free(boff); free(mid); free(split);
+    free(rowsum); free(xs); free(rows);
     return macs;
 }
 
@@ -409,8 +462,11 @@ static int instance(const block_t *blocks, int64_t nblocks, float *x, int64_t h,
                     float *pooled, int64_t *macs, int64_t *kept)
 {
     float *owned = NULL;
-    int64_t m = 0;
+    int64_t m = 0, cmax = 0;
     int failed = 0;
+    for (int64_t j = 0; j < nblocks; j++) cmax = blocks[j].c_out > cmax ? blocks[j].c_out : cmax;
+    float *sums = malloc(sizeof(float) * 2 * cmax), *in_sums = NULL;
+    if (!sums) return -1;
     for (int64_t j = 0; j < nblocks && !failed; j++) {
         const block_t *b = blocks + j;
         const int64_t ho = (h - 1) / b->stride + 1, wo = (w - 1) / b->stride + 1;
@@ -419,15 +475,18 @@ static int instance(const block_t *blocks, int64_t nblocks, float *x, int64_t h,
             out = malloc(sizeof(float) * (b->c_out * (ho + 2) * (wo + 2) + SLACK));
             if (!out) { failed = 1; break; }
         }
-        const int64_t mj = manidp_block(b, x, out, h, w, threads, kept + j * 2);
+        float *out_sums = sums + (j % 2) * cmax;   /* the two halves alternate */
+        const int64_t mj = manidp_block(b, x, out, h, w, threads, kept + j * 2, in_sums, out_sums);
+        in_sums = out_sums;
         if (mj < 0) failed = 1;
         m += mj;
         if (out != x) { free(owned); owned = x = out; }
         h = ho; w = wo;
     }
-    if (!failed) plane_means(x, blocks[nblocks - 1].c_out, (h + 2) * (w + 2), h * w, pooled, 1);
+    if (!failed)
+        for (int64_t c = 0; c < blocks[nblocks - 1].c_out; c++) pooled[c] = in_sums[c] / (float)(h * w);
     *macs = m;
-    free(owned);
+    free(owned); free(sums);
     return failed ? -1 : 0;
 }
 
@@ -572,11 +631,11 @@ int manidp_forward(const stem_t *st, const block_t *blocks, int64_t nblocks, con
     return failed ? -1 : 0;
 }
 
-/* Global average pool of a padded-planar map into ``out`` [c] (the head's input), single-threaded
- * so that the result does not depend on the thread count. */
-void manidp_pool(const float *x, int64_t c, int64_t h, int64_t w, float *out)
+/* Global average pool from the last block's ``out_sums`` [c] of an h x w map into ``out`` [c]
+ * (the head's input), as manidp_network computes it. */
+void manidp_pool(const float *sums, int64_t c, int64_t h, int64_t w, float *out)
 {
-    plane_means(x, c, (h + 2) * (w + 2), h * w, out, 1);
+    for (int64_t i = 0; i < c; i++) out[i] = sums[i] / (float)(h * w);
 }
 
 int64_t manidp_slack(void) { return SLACK; }
