@@ -171,19 +171,25 @@ static void tile_any(const gemm_t *g, int64_t m0, int mr, int64_t n0)
 }
 #undef ROWS
 
-/* Tiles ordered column panel by column panel, rows inside: a thread's consecutive tiles reuse one B
- * panel from cache. Static schedule over the flat tile index splits the rows when there is a single
- * panel (7x7 maps) and the panels when there are many (56x56). The M rows are shared evenly among
- * ceil(M / MR) row tiles (8 rows: 4 + 4, not 6 + 2, whose 8 accumulators cannot hide the FMA
- * latency); a row's result does not depend on its tile. Returns MACs per valid pixel. */
+/* Tiles in one of two orders, and each thread a contiguous run of them (static schedule): column
+ * panel by panel with the rows inside when the B map is the larger operand (56x56 and 28x28: each
+ * thread then reads its own half of B), row tile by row tile with the panels inside when the
+ * weights are (14x14: all-open ResNet-34 weights are 2.4 MB, more than L2, and were read once per
+ * column panel; at 2 threads each core read all of them). With one panel (7x7) both orders split
+ * the rows. A convolution's B is its input map, about K / 9 rows of N floats, hence 9 M vs N. The
+ * M rows are shared evenly among ceil(M / MR) row tiles (8 rows: 4 + 4, not 6 + 2, whose 8
+ * accumulators cannot hide the FMA latency); a row's result depends neither on its tile nor on
+ * the order. Returns MACs per valid pixel. */
 static int64_t gemm(const gemm_t *g, int threads)
 {
     if (g->M == 0 || g->K == 0) return 0;
     const int64_t mt = (g->M + MR - 1) / MR, nt = (g->N + NR - 1) / NR;
+    const int rows_outer = 9 * g->M > g->N;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < mt * nt; t++) {
-        const int64_t r = t % mt, m0 = r * g->M / mt, m1 = (r + 1) * g->M / mt;
-        tile_any(g, m0, (int)(m1 - m0), (t / mt) * NR);
+        const int64_t r = rows_outer ? t / nt : t % mt, p = rows_outer ? t % nt : t / mt;
+        const int64_t m0 = r * g->M / mt, m1 = (r + 1) * g->M / mt;
+        tile_any(g, m0, (int)(m1 - m0), p * NR);
     }
     return g->M * g->K;
 }
