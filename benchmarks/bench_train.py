@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from manidp.evaluate import evaluate
 from manidp.losses import LossOptions, manidp_loss
 from manidp.models import build_model
+from manidp.models.gate import quantile_thresholds_
 from manidp.train import make_optimizer, TrainConfig
 
 
@@ -41,11 +42,7 @@ def make_step(arch: str, kind: str, batch: int):
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 10, (batch,))
     if gated:   # prune about 40% of each gate's channels so masks and MAC counts are real
-        model.eval()
-        with torch.no_grad():
-            model(x)
-            for g in model.gates():
-                g.threshold.fill_(float(torch.quantile(g.saliency.flatten(), 0.4)))
+        quantile_thresholds_(model.eval(), x, 0.4)
     if kind.endswith("train"):
         model.train()
         opt = make_optimizer(model, TrainConfig(lr=0.01))
@@ -82,11 +79,7 @@ def make_mode_step(arch: str, kind: str, batch: int, mode: str, device: str = "c
     if method == "manidp":   # prune about 40% of each gate's channels so masks are real
         for g in model.gates():
             torch.nn.init.normal_(g.fc2.weight, std=0.05)
-        model.eval()
-        with torch.no_grad():
-            model(x)
-            for g in model.gates():
-                g.threshold.fill_(float(torch.quantile(g.saliency.flatten(), 0.4)))
+        quantile_thresholds_(model.eval(), x, 0.4)
     elif method == "fbs":
         set_density(model, 0.6)
     model.to(dev).train()

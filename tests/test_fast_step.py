@@ -19,6 +19,7 @@ from manidp.losses import LossOptions, manidp_loss
 from manidp.methods import get_method
 from manidp.methods.fbs import set_density
 from manidp.models import ArchSpec, build_model
+from manidp.models.gate import quantile_thresholds_
 from manidp.models.resnet import ARCHS
 from manidp.train import TrainConfig, make_optimizer, run
 
@@ -44,11 +45,7 @@ def _model(method: str, arch: str, batch: torch.Tensor):
     else:   # thresholds at the 40% quantile of each gate's saliency, so that masks are real
         for g in model.gates():
             torch.nn.init.normal_(g.fc2.weight, std=0.05)
-        model.eval()
-        with torch.no_grad():
-            model(batch)
-            for g in model.gates():
-                g.threshold.fill_(float(torch.quantile(g.saliency.flatten(), 0.4)))
+        quantile_thresholds_(model.eval(), batch, 0.4)
     return model
 
 

@@ -6,6 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from manidp.macs import InstanceCounter, MacMeter, dense_macs, kept_counts, remain_rate_for_reduction, uniform_keep_macs
 from manidp.models import build_model
+from manidp.models.gate import quantile_thresholds_
 from manidp.errors import ManidpError
 
 # Reference dense conv+FC MACs (shared/reference/manidp-method.md, section 7).
@@ -37,10 +38,7 @@ def random_gated(arch, seed=0, keep=0.5):
         torch.nn.init.normal_(g.fc2.bias, 1.0, 0.5)
     size = model.input_size if arch.startswith("resnet") and model.input_size == 32 else 64
     x = torch.randn(8, 3, size, size)
-    with torch.no_grad():
-        model(x)
-        for g in model.gates():  # each gate's threshold: the quantile of its own saliencies
-            g.threshold.fill_(float(torch.quantile(g.saliency.flatten(), 1 - keep)))
+    quantile_thresholds_(model, x, 1 - keep)   # each gate: the quantile of its own saliencies
     return model, size
 
 

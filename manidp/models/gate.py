@@ -101,6 +101,19 @@ class Gate(nn.Module):
         return f"{self.c_in} -> {self.hidden} -> {self.c_out}, clamp={self.clamp}"
 
 
+@torch.no_grad()
+def quantile_thresholds_(model: nn.Module, x: torch.Tensor, q: float) -> nn.Module:
+    """Run ``model`` (in its current mode) on ``x``, then set each gate's threshold to the
+    ``q``-quantile of the saliencies it produced, so that a gate prunes about ``q`` of its channels:
+    masks and MAC counts that are real without training (benchmarks and tests). Every gate sees the
+    pass with the old thresholds; :func:`manidp.accel.calibrate_thresholds_` instead calibrates
+    gate by gate, each on the mask its predecessors now make."""
+    model(x)
+    for g in model.gates():
+        g.threshold.fill_(float(torch.quantile(g.saliency.flatten(), q)))
+    return model
+
+
 def apply_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x * mask[:, :, None, None].to(x.dtype)
 
