@@ -134,10 +134,6 @@ def load() -> ctypes.CDLL | None:
     if lib.manidp_slack() != SLACK:
         _reason = f"{SOURCE.name} was built with SLACK={lib.manidp_slack()}, manidp.native expects {SLACK}"
         return None
-    lib.manidp_network.restype = ctypes.c_int
-    lib.manidp_network.argtypes = [ctypes.POINTER(BlockWeights), ctypes.c_int64, ctypes.c_int64,
-                                   ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64, ctypes.c_int64,
-                                   ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.manidp_stem.restype = ctypes.c_int64
     lib.manidp_stem.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,

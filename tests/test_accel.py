@@ -142,7 +142,7 @@ def test_native_threads_give_identical_outputs():
 
 @pytest.mark.parametrize("arch,size", [("resnet56", 32), ("resnet18", 64)])
 def test_native_batch_runs_instances_in_parallel(arch, size):
-    """Batch > 1 with several threads: whole instances per thread (manidp_network), each still at
+    """Batch > 1 with several threads: whole instances per thread (manidp_forward), each still at
     its own executed cost, equal to the masked model and to one-at-a-time runs."""
     x = torch.randn(5, 3, size, size)
     model = gated(arch, x)

@@ -1,4 +1,5 @@
-/* One gated basic block at batch 1, executing only the kept channels (manidp.accel, issue 4).
+/* The channel-skipping engine's CPU kernel (manidp.accel): the stem, every gated basic block, the
+ * global pool and the FC head of one instance, executing only the channels its gates keep.
  *
  * Why C: in eager PyTorch every block gathers the kept weight rows (conv_a: |k1| x 9*C_in floats,
  * 5 MB per block on ResNet-34's last stage), copies im2col columns, and runs ~30 small single-
@@ -12,8 +13,8 @@
  * over the "padded-width" grid n = y*(W+2) + x (x < W+2), each tap of each channel is ONE
  * contiguous row of the GEMM's B operand, with no im2col copy. The 2 extra columns per row (x = W,
  * W+1) are computed and discarded (multiplied by a 0/1 column mask); they land on the output's
- * border, which must stay zero. Stride-2 convolutions and the 1x1 projection shortcut gather their
- * input into the same grid first (a small copy; 3 blocks of a ResNet).
+ * border, which must stay zero. Strided convolutions (the stem, the first block of a stage and its
+ * 1x1 projection shortcut) read a polyphase split of their input instead (see phases).
  *
  * MACs are counted here from the GEMM shapes that run (rows x depth x valid output pixels), not from
  * the masks; the tests compare them with manidp.macs.InstanceCounter.
@@ -453,15 +454,11 @@ done:
     return macs;
 }
 
-/* A batch through ``nblocks`` blocks, one instance per thread (each instance single-threaded): at
- * batch > 1 this keeps both cores busy on whole instances instead of splitting small GEMMs. At
- * batch 1 the one instance runs every block with ``threads`` threads: one call for the whole
- * network, so that a CIFAR ResNet's 27 small blocks do not each pay a call from Python.
- * ``inputs[i]``: instance i's padded-planar map (c0 x h0 x w0), updated in place by identity blocks.
- * Writes the global average pool of each instance's last map to ``pooled`` [n][c_last], its MACs
- * to ``macs`` [n] and its kept counts to ``kept`` [n][nblocks][2]. Returns 0, or -1 if memory ran
- * out. */
-/* One instance through every block; ``threads`` split each GEMM. Returns 0, or -1 if memory ran out. */
+/* One instance through ``nblocks`` blocks, ``threads`` splitting each GEMM: ``x`` is its
+ * padded-planar map (updated in place by identity blocks), ``h`` x ``w``. Each block hands its
+ * output's channel sums to the next; the last ones give the global average pool ``pooled``
+ * [c_last]. Writes the MACs to ``macs`` and the kept counts to ``kept`` [nblocks][2]. Returns 0,
+ * or -1 if memory ran out. */
 static int instance(const block_t *blocks, int64_t nblocks, float *x, int64_t h, int64_t w, int threads,
                     float *pooled, int64_t *macs, int64_t *kept)
 {
@@ -491,22 +488,6 @@ static int instance(const block_t *blocks, int64_t nblocks, float *x, int64_t h,
         for (int64_t c = 0; c < blocks[nblocks - 1].c_out; c++) pooled[c] = in_sums[c] / (float)(h * w);
     *macs = m;
     free(owned); free(sums);
-    return failed ? -1 : 0;
-}
-
-int manidp_network(const block_t *blocks, int64_t nblocks, int64_t n, float *const *inputs,
-                   int64_t h0, int64_t w0, int threads, float *pooled, int64_t *macs, int64_t *kept)
-{
-    const int64_t c_last = blocks[nblocks - 1].c_out;
-    /* Batch 1 is called outside any parallel region: inside one (even an inactive one, as an
-     * ``if (n > 1)`` clause makes it) every GEMM's team is a nested team, which libgomp builds
-     * anew per region: ~70 us each, and ResNet-56 at 2 threads ran 7x slower than at 1. */
-    if (n == 1) return instance(blocks, nblocks, inputs[0], h0, w0, threads, pooled, macs, kept);
-    int failed = 0;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(| : failed)
-    for (int64_t i = 0; i < n; i++)
-        failed |= instance(blocks, nblocks, inputs[i], h0, w0, 1, pooled + i * c_last, macs + i,
-                           kept + i * nblocks * 2);
     return failed ? -1 : 0;
 }
 
@@ -579,7 +560,7 @@ typedef struct {
 } stem_t;
 
 /* A whole batch in one call: per instance the stem (manidp_stem) into its padded-planar buffer
- * ``work[i]``, every block (manidp_network), the global average pool into ``pooled`` [n][c_last]
+ * ``work[i]``, every block (instance), the global average pool into ``pooled`` [n][c_last]
  * and the FC head into ``logits`` [n][classes]. One call instead of a stem call, a network call and
  * PyTorch's linear: on CIFAR the Python between them ran with caches that the network had just
  * flushed, ~0.1-0.2 ms per image. The FC sums in a fixed order, so the logits, like the features,
@@ -621,7 +602,12 @@ int manidp_forward(const stem_t *st, const block_t *blocks, int64_t nblocks, con
     float *features = pooled ? pooled : malloc(sizeof(float) * n * c);
     if (!features) return -1;
     int failed = 0;
-    if (n == 1)   /* outside any parallel region: see manidp_network */
+    /* Batch 1 runs outside any parallel region, every thread on the one instance: inside one (even
+     * an inactive one, as an ``if (n > 1)`` clause makes it) every GEMM's team is a nested team,
+     * which libgomp builds anew per region: ~70 us each, and ResNet-56 at 2 threads ran 7x slower
+     * than at 1. At batch > 1 whole instances run in parallel, one thread each: that keeps both
+     * cores busier than splitting small GEMMs. */
+    if (n == 1)
         failed = forward_one(st, blocks, nblocks, fc_w, fc_b, classes, images, h, w, work[0], threads,
                              features, logits, macs, kept);
     else {
@@ -636,7 +622,7 @@ int manidp_forward(const stem_t *st, const block_t *blocks, int64_t nblocks, con
 }
 
 /* Global average pool from the last block's ``out_sums`` [c] of an h x w map into ``out`` [c]
- * (the head's input), as manidp_network computes it. */
+ * (the head's input), as manidp_forward computes it. */
 void manidp_pool(const float *sums, int64_t c, int64_t h, int64_t w, float *out)
 {
     for (int64_t i = 0; i < c; i++) out[i] = sums[i] / (float)(h * w);
