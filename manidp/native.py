@@ -1,9 +1,11 @@
-"""Build and load the C block kernel of the channel-skipping engine (``kernels/skip_block.c``).
+"""Build and load the C kernel of the channel-skipping engine (``kernels/skip_block.c`` and the
+headers it includes, ``kernels/gemm.h``).
 
 The kernel is compiled on first use with the machine's C compiler (``$CC``, else ``cc``) for the CPU
 it runs on (``-march=native``) and cached under ``$MANIDP_CACHE`` (default ``~/.cache/manidp``),
-keyed by the source, the compiler and the CPU's feature flags, so a cache shared by different
-machines never hands one of them code for another's instruction set. It is linked against OpenMP;
+keyed by the sources (the .c file and every header beside it), the compiler and the CPU's feature
+flags, so a cache shared by different machines never hands one of them code for another's
+instruction set, and an edited header never leaves a stale build in use. It is linked against OpenMP;
 PyTorch has loaded its own ``libgomp.so.1`` by then, so the kernel shares PyTorch's thread pool.
 
 ``load()`` returns the library or ``None`` (no compiler, compile error, ``MANIDP_NATIVE=0``);
@@ -79,7 +81,8 @@ def _compiler() -> str | None:
 
 def _build(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_flags(),
+    sources = [SOURCE.read_text(), *(h.read_text() for h in sorted(SOURCE.parent.glob("*.h")))]
+    key = hashlib.sha256("\0".join([*sources, " ".join(FLAGS), version, _cpu_flags(),
                                     platform.machine()]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("MANIDP_CACHE", Path.home() / ".cache" / "manidp")) / "kernels"
     target = cache / f"skip_block-{key}.so"

@@ -2,6 +2,7 @@
 equal to the analytic per-instance count. Latency is measured in benchmarks/bench_accel.py only."""
 import pickle
 import platform
+import shutil
 import tarfile
 
 import pytest
@@ -169,6 +170,23 @@ def test_native_portable_build(monkeypatch, tmp_path):
     x = torch.randn(2, 3, 100, 100)
     check_equivalent(gated("resnet18", x), x, kernel="native")
     assert list((tmp_path / "kernels").glob("skip_block-*.so"))
+
+
+def test_native_build_is_keyed_by_every_kernel_source(monkeypatch, tmp_path):
+    """The cached library is named by a hash of skip_block.c and the headers it includes: editing
+    gemm.h alone must give a new build, never the stale one."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    src = tmp_path / "src"
+    shutil.copytree(native.SOURCE.parent, src)
+    monkeypatch.setattr(native, "SOURCE", src / native.SOURCE.name)
+    monkeypatch.setenv("MANIDP_CACHE", str(tmp_path / "cache"))
+    first = native._build(native._compiler())
+    assert native._build(native._compiler()) == first          # unchanged sources: the cached build
+    header = src / "gemm.h"
+    header.write_text(header.read_text() + "\n/* edited */\n")
+    second = native._build(native._compiler())
+    assert second != first and second.is_file()
 
 
 @pytest.mark.skipif(native.cpu_isa() != "AVX-512", reason="needs an AVX-512 CPU to run both builds")

@@ -1,0 +1,183 @@
+/* The register-tiled GEMM of the channel-skipping kernel (included by skip_block.c, one translation
+ * unit): C rows (op)= scale * (bias + A[kept rows, kept columns] . B) * column mask, reading A through
+ * row and column index arrays and B through per-depth row offsets, so that neither the kept weights
+ * nor the convolution taps are ever copied (see skip_block.c for the map layout that makes every
+ * tap one contiguous B row). Its epilogue can also sum each row's stored values. */
+#ifndef MANIDP_GEMM_H
+#define MANIDP_GEMM_H
+
+#include <stdint.h>
+#include <string.h>
+
+/* Register tile: MR output channels x NV vectors of VL output pixels. AVX-512 has 32 vector
+ * registers: 6 x 4 accumulators + 4 B vectors + 1 broadcast. With 16 registers (AVX2), 6 x 2. */
+#if defined(__AVX512F__)
+#define VL 16
+#define NV 4
+#else
+#define VL 8
+#define NV 2
+#endif
+#define MR 6
+#define NR (VL * NV)
+#define SLACK 128 /* floats after every buffer that a GEMM reads as B (>= NR + 1; see gemm) */
+
+typedef float vf __attribute__((vector_size(VL * 4)));
+
+static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+/* max(x, 0) that vectorises (fmaxf's NaN rules keep GCC from using vmaxps). */
+static inline float relu(float x) { return x > 0.0f ? x : 0.0f; }
+/* x - 0 == x exactly (unlike x + 0 for x = -0), so this folds to a single broadcast. */
+static inline vf splat(float x) { return x - (vf){0}; }
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
+/* max(x, 0) per lane: the comparison's all-ones lanes keep x (C has no vector ?:). */
+static inline vf vrelu(vf x) { return (vf)((vi)x & (x > (vf){0})); }
+
+/* ACCUMULATE_RELU: C = ReLU(C + ...), conv_b of an identity block (see manidp_block). */
+enum { STORE = 0, STORE_RELU = 1, ACCUMULATE = 2, ACCUMULATE_RELU = 3 };
+
+/* One output vector of the epilogue: what ``mode`` makes of C from t = A.B (bias, scale, mask as
+ * for gemm_t). Inlined with a constant mode into tile's loops. */
+static inline vf epilogue(int mode, vf c, vf t, float bias, float scale, vf mask)
+{
+    switch (mode) {
+    case STORE: return (t + bias) * scale * mask;
+    case STORE_RELU: return vrelu(t + bias) * scale * mask;
+    case ACCUMULATE: return c + (t + bias) * scale * mask;
+    default: return vrelu(c + (t + bias) * scale * mask);
+    }
+}
+
+/* C[crow[i] + n] (op)= scale[i] * (bias[i] + sum_k A[arow[i] + acol[k]] * B[boff[k] + n]) * mask[n]
+ * for rows i < M, columns n < N. STORE_RELU applies ReLU before the scale (scale >= 0). Reads B up
+ * to NR - 1 floats past column N of a row: B buffers end with SLACK finite (zero) floats.
+ * ACCUMULATE_RELU applies ReLU after the accumulation. */
+typedef struct {
+    int64_t M, K, N;
+    const float *A; const int64_t *arow, *acol;
+    const float *B; const int64_t *boff;
+    float *C; const int64_t *crow;
+    const float *bias, *scale, *mask;
+    int mode;
+    float *rowsum; /* or NULL: rowsum[i * panels + p] = sum of what row i stored in column panel p */
+} gemm_t;
+
+/* ``mr`` rows x ``nv`` vectors (both compile-time constants after inlining into tile_any). */
+static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t m0, int mr, int nv,
+                                                       int64_t n0)
+{
+    vf acc[MR][NV];
+    const float *a[MR];
+    for (int i = 0; i < MR; i++) {
+        for (int v = 0; v < NV; v++) acc[i][v] = (vf){0};
+        a[i] = g->A + g->arow[m0 + (i < mr ? i : 0)];
+    }
+    const float *b = g->B + n0;
+    for (int64_t k = 0; k < g->K; k++) {
+        const float *bk = b + g->boff[k];
+        vf bv[NV];
+        for (int v = 0; v < nv; v++) bv[v] = load(bk + v * VL);
+        const int64_t ck = g->acol[k];
+#pragma GCC unroll 6
+        for (int i = 0; i < mr; i++) {
+            const vf ai = splat(a[i][ck]);
+            for (int v = 0; v < nv; v++) acc[i][v] += ai * bv[v];
+        }
+    }
+    /* Epilogue in vectors; a last vector that passes column N is done through a stack copy, so
+     * nothing past a row's end is written (the next row or plane starts there). */
+    const int64_t cols = g->N - n0 < nv * VL ? g->N - n0 : nv * VL;
+    const int full = (int)(cols / VL), mode = g->mode;
+    const float *mask = g->mask + n0;
+    for (int i = 0; i < mr; i++) {
+        float *c = g->C + g->crow[m0 + i] + n0;
+        const float bias = g->bias ? g->bias[m0 + i] : 0.0f;
+        const float scale = g->scale ? g->scale[m0 + i] : 1.0f;
+        vf sum = {0};
+        for (int v = 0; v < nv; v++) {
+            if (v < full) {
+                const vf r = epilogue(mode, load(c + v * VL), acc[i][v], bias, scale, load(mask + v * VL));
+                store(c + v * VL, r);
+                sum += r;
+            } else if (v * VL < cols) {
+                const int64_t n = cols - v * VL;
+                float cv[VL] = {0}, mv[VL] = {0};
+                memcpy(cv, c + v * VL, sizeof(float) * n);
+                memcpy(mv, mask + v * VL, sizeof(float) * n);
+                const vf r = epilogue(mode, load(cv), acc[i][v], bias, scale, load(mv));
+                store(cv, r);
+                memcpy(c + v * VL, cv, sizeof(float) * n);
+                for (int64_t l = 0; l < n; l++) sum[l] += cv[l];   /* lanes past N stay out */
+            }
+        }
+        if (g->rowsum) {
+            float t = 0.0f;
+            for (int l = 0; l < VL; l++) t += sum[l];
+            g->rowsum[(m0 + i) * ((g->N + NR - 1) / NR) + n0 / NR] = t;
+        }
+    }
+}
+
+/* Row sums of a gemm with ``rowsum``: panel partial sums added in panel order, so the result does
+ * not depend on which thread ran which tile. */
+static void row_sums(const gemm_t *g, float *out)
+{
+    const int64_t panels = (g->N + NR - 1) / NR;
+    for (int64_t i = 0; i < g->M; i++) {
+        float t = 0.0f;
+        for (int64_t p = 0; p < panels; p++) t += g->rowsum[i * panels + p];
+        out[i] = t;
+    }
+}
+
+/* One specialised copy of the tile per row count and vector count, so that the accumulators stay
+ * in registers. A map's last column panel is narrower than NR when the padded-width grid is not a
+ * multiple of NR (8x8: 80 columns = 64 + 16; 14x14: 224 = 3 x 64 + 32): it gets only the vectors
+ * it needs, where a full tile computed up to 1.6x the columns (ResNet-56's 8x8 stage). */
+#define ROWS(nv)                                                              \
+    switch (mr) {                                                             \
+    case 6: tile(g, m0, 6, nv, n0); break;                                    \
+    case 5: tile(g, m0, 5, nv, n0); break;                                    \
+    case 4: tile(g, m0, 4, nv, n0); break;                                    \
+    case 3: tile(g, m0, 3, nv, n0); break;                                    \
+    case 2: tile(g, m0, 2, nv, n0); break;                                    \
+    default: tile(g, m0, 1, nv, n0); break;                                   \
+    }
+static void tile_any(const gemm_t *g, int64_t m0, int mr, int64_t n0)
+{
+    const int64_t left = (g->N - n0 + VL - 1) / VL;      /* vectors left in this panel */
+#if NV == 4
+    if (left == 1) { ROWS(1) } else if (left == 2) { ROWS(2) } else if (left == 3) { ROWS(3) } else { ROWS(4) }
+#elif NV == 2
+    if (left == 1) { ROWS(1) } else { ROWS(2) }
+#else
+#error "tile_any: NV must be 2 or 4"
+#endif
+}
+#undef ROWS
+
+/* Tiles in one of two orders, and each thread a contiguous run of them (static schedule): column
+ * panel by panel with the rows inside when the B map is the larger operand (56x56 and 28x28: each
+ * thread then reads its own half of B), row tile by row tile with the panels inside when the
+ * weights are (14x14: all-open ResNet-34 weights are 2.4 MB, more than L2, and were read once per
+ * column panel; at 2 threads each core read all of them). With one panel (7x7) both orders split
+ * the rows. A convolution's B is its input map, about K / 9 rows of N floats, hence 9 M vs N. The
+ * M rows are shared evenly among ceil(M / MR) row tiles (8 rows: 4 + 4, not 6 + 2, whose 8
+ * accumulators cannot hide the FMA latency); a row's result depends neither on its tile nor on
+ * the order. Returns MACs per valid pixel. */
+static int64_t gemm(const gemm_t *g, int threads)
+{
+    if (g->M == 0 || g->K == 0) return 0;
+    const int64_t mt = (g->M + MR - 1) / MR, nt = (g->N + NR - 1) / NR;
+    const int rows_outer = 9 * g->M > g->N;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < mt * nt; t++) {
+        const int64_t r = rows_outer ? t / nt : t % mt, p = rows_outer ? t % nt : t / mt;
+        const int64_t m0 = r * g->M / mt, m1 = (r + 1) * g->M / mt;
+        tile_any(g, m0, (int)(m1 - m0), p * NR);
+    }
+    return g->M * g->K;
+}
+
+#endif /* MANIDP_GEMM_H */
