@@ -452,10 +452,10 @@ class SkippingResNet(nn.Module):
         (:func:`to_padded`, size from :meth:`_stem_size`) -> the stem's MACs. ResNet-34's stem:
         2.4 ms, against 2.7 ms for oneDNN's convolution + PyTorch's pool (1 thread, side by side, a
         loaded machine); 1.71 ms on an idle one, against 1.43 ms for ONNX Runtime's two operators."""
-        c_in, weight, bias, c_out, k, stride, pad, maxpool = self._native_args()[0]
+        st = self._native_args()[0]
         image = image.contiguous()
-        macs = native.load().manidp_stem(image.data_ptr(), c_in, image.shape[1], image.shape[2],
-                                         weight, bias, c_out, k, stride, pad, maxpool,
+        macs = native.load().manidp_stem(image.data_ptr(), st.c_in, image.shape[1], image.shape[2],
+                                         st.w, st.b, st.c_out, st.k, st.stride, st.pad, st.maxpool,
                                          out.data_ptr(), threads or torch.get_num_threads())
         if macs < 0:
             raise MemoryError("manidp.accel native kernel: out of memory")
@@ -471,32 +471,25 @@ class SkippingResNet(nn.Module):
             spaces[threading.get_ident()] = ws = torch.empty(n, size)
         return ws
 
-    def _native_args(self):
-        """(the stem's arguments, every block's ``block_t`` as one C array), rebuilt only if a
+    def _native_args(self) -> tuple[native.StemWeights, ctypes.Array]:
+        """(the stem's ``stem_t``, every block's ``block_t`` as one C array), rebuilt only if a
         buffer moved: the stem's weight and one per block are checked, reading the modules'
         buffer dicts directly (asking 27 blocks for their ``block_t`` cost ~25 us per call, and
         reading their buffers as module attributes ~19 us)."""
         cached = self.__dict__.get("_native_cache")
         if cached is not None:
-            stem_args, array, dicts, key, _ = cached
-            if [d["wa"].data_ptr() for d in dicts] == key and stem_args[1] == self.stem.weight.data_ptr():
-                return stem_args, array
+            stem, array, dicts, key = cached
+            if [d["wa"].data_ptr() for d in dicts] == key and stem.w == self.stem.weight.data_ptr():
+                return stem, array
         conv = self.stem
         c_out, c_in, k, _ = conv.weight.shape
-        stem_args = (c_in, conv.weight.data_ptr(), None if conv.bias is None else conv.bias.data_ptr(),
-                     c_out, k, conv.stride[0], conv.padding[0], int(self.maxpool))
-        stem_t = native.StemWeights(stem_args[1], stem_args[2], c_in, c_out, k, conv.stride[0],
-                                    conv.padding[0], int(self.maxpool))
+        stem = native.StemWeights(conv.weight.data_ptr(), None if conv.bias is None else conv.bias.data_ptr(),
+                                  c_in, c_out, k, conv.stride[0], conv.padding[0], int(self.maxpool))
         weights = [b.native_weights() for b in self.blocks]
         array = (native.BlockWeights * len(weights))(*weights)
         dicts = [b._buffers for b in self.blocks]
-        self.__dict__["_native_cache"] = (stem_args, array, dicts, [d["wa"].data_ptr() for d in dicts],
-                                          stem_t)
-        return stem_args, array
-
-    def _native_blocks(self):
-        """Every block's ``block_t`` as one C array (see :meth:`_native_args`)."""
-        return self._native_args()[1]
+        self.__dict__["_native_cache"] = (stem, array, dicts, [d["wa"].data_ptr() for d in dicts])
+        return stem, array
 
     def _network_native(self, x: torch.Tensor, features: bool = True
                         ) -> tuple[torch.Tensor | None, torch.Tensor, list[int], torch.Tensor]:
@@ -511,8 +504,7 @@ class SkippingResNet(nn.Module):
         x = x.contiguous()
         c, h, w = self._stem_size(*x.shape[-2:])
         bufs = self._workspace(n, padded_size(c, h, w))
-        self._native_args()
-        blocks, stem = self._native_cache[1], self._native_cache[4]
+        stem, blocks = self._native_args()
         pointers = (ctypes.c_void_p * n)(*[bufs[i].data_ptr() for i in range(n)])
         pooled = x.new_empty(n, blocks[-1].c_out) if features else None
         logits = x.new_empty(n, self.fc_w.shape[0])
