@@ -77,6 +77,41 @@ static void plane_sums(const float *x, int64_t c, int64_t plane, float *out, int
     }
 }
 
+/* ReLU of each of ``c`` padded planes in place and, if ``sums`` is not NULL, their sums in the
+ * same pass (the same vector partial sums as plane_sums, so the same result). */
+static void relu_planes(float *x, int64_t c, int64_t plane, float *sums, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < c; i++) {
+        float *p = x + i * plane;
+        vf acc = {0};
+        int64_t n = 0;
+        for (; n + VL <= plane; n += VL) {
+            const vf r = vrelu(load(p + n));
+            store(p + n, r);
+            acc += r;
+        }
+        float s = 0.0f;
+        for (; n < plane; n++) s += p[n] = relu(p[n]);
+        for (int l = 0; l < VL; l++) s += acc[l];
+        if (sums) sums[i] = s;
+    }
+}
+
+/* Channel means of an ``pixels``-pixel map from its channel sums: the gates' and the pool's input. */
+static void means(const float *sums, int64_t c, int64_t pixels, float *out)
+{
+    for (int64_t i = 0; i < c; i++) out[i] = sums[i] / (float)pixels;
+}
+
+/* The 0/1 column mask of a padded-width grid: ``rows`` rows of ``pitch`` columns, the first
+ * ``cols`` of each valid (built row by row: a modulo per column cost ~10% of a CIFAR block). */
+static void column_mask(float *mask, int64_t rows, int64_t pitch, int64_t cols)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t q = 0; q < pitch; q++) mask[r * pitch + q] = q < cols ? 1.0f : 0.0f;
+}
+
 static int64_t kept(const float *pi, int64_t c, float threshold, int64_t *idx)
 {
     int64_t n = 0;
@@ -184,13 +219,11 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
     float *rowsum = rows + cmax, *xs = rowsum + cmax * panels;
     float *mid = NULL, *split = NULL;
     int64_t pp = plane_in;
-    for (int64_t y = 0; y < ho; y++)        /* (row by row: a modulo per column cost ~10% of a */
-        for (int64_t q = 0; q < wp; q++)    /*  CIFAR block) */
-            mask[y * wp + q] = q < wo ? 1.0f : 0.0f;
+    column_mask(mask, ho, wp, wo);
 
     /* Gate 1 reads the block input's channel means. */
     if (!in_sums) { plane_sums(x, b->c_in, plane_in, xs, threads); in_sums = xs; }
-    for (int64_t c = 0; c < b->c_in; c++) pooled[c] = in_sums[c] / (float)(h * w);
+    means(in_sums, b->c_in, h * w, pooled);
     saliency(pooled, b->c_in, NULL, b->g1_fc1_t, b->hid1, b->g1_fc2_t, b->g1_fc2_b, b->c_mid,
              b->g1_clamp, hidden, pi1);
     n1 = kept(pi1, b->c_mid, b->g1_threshold, k1);
@@ -229,8 +262,8 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
         macs += gemm(&g, threads) * pixels;
         zero_borders(mid, n1, ho, wo);
         /* Gate 2 reads the masked map, zero on pruned channels: only FC1 rows k1 matter. */
-        row_sums(&g, pooled);
-        for (int64_t i = 0; i < n1; i++) pooled[i] /= (float)pixels;
+        row_sums(&g, rows);
+        means(rows, n1, pixels, pooled);
         saliency(pooled, n1, k1, b->g2_fc1_t, b->hid2, b->g2_fc2_t, b->g2_fc2_b, b->c_out,
                  b->g2_clamp, hidden, pi2);
     } else {
@@ -272,14 +305,7 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
      * changed, and conv_b's epilogue applied it there: the other rows are the block's input, a
      * ReLU output (the stem's or the previous block's), already >= 0. A projection shortcut's rows
      * can be negative everywhere. */
-    if (b->ws) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t c = 0; c < b->c_out; c++) {
-            float *o = out + c * plane;
-            for (int64_t i = 0; i < plane; i++) o[i] = relu(o[i]);
-        }
-        if (out_sums) plane_sums(out, b->c_out, plane, out_sums, threads);
-    }
+    if (b->ws) relu_planes(out, b->c_out, plane, out_sums, threads);
     kept_out[0] = n1;
     kept_out[1] = n2;
 done:
@@ -317,8 +343,7 @@ static int instance(const block_t *blocks, int64_t nblocks, float *x, int64_t h,
         if (out != x) { free(owned); owned = x = out; }
         h = ho; w = wo;
     }
-    if (!failed)
-        for (int64_t c = 0; c < blocks[nblocks - 1].c_out; c++) pooled[c] = in_sums[c] / (float)(h * w);
+    if (!failed) means(in_sums, blocks[nblocks - 1].c_out, h * w, pooled);
     *macs = m;
     free(owned); free(sums);
     return failed ? -1 : 0;
@@ -332,11 +357,23 @@ static int instance(const block_t *blocks, int64_t nblocks, float *x, int64_t h,
  * on a grid of row pitch wo + (k - 1) / s: tap (dy, dx) reads phase columns up to x + (k - 1) / s.
  * ReLU output is >= 0, so the pool's zero padding equals -inf padding. Returns the stem's MACs, or
  * -1 if memory ran out. */
+/* The stem's output sizes for an h x w image: {convolution height, width, then what the first block
+ * reads: the same, or after the 3x3/2 max-pool (padding 1)}. */
+static void stem_sizes(int64_t h, int64_t w, int64_t k, int64_t s, int64_t pad, int maxpool, int64_t sz[4])
+{
+    sz[0] = (h + 2 * pad - k) / s + 1;
+    sz[1] = (w + 2 * pad - k) / s + 1;
+    sz[2] = maxpool ? (sz[0] - 1) / 2 + 1 : sz[0];
+    sz[3] = maxpool ? (sz[1] - 1) / 2 + 1 : sz[1];
+}
+
 int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const float *wt,
                     const float *bias, int64_t c_out, int64_t k, int64_t s, int64_t pad, int maxpool,
                     float *out, int threads)
 {
-    const int64_t ho = (h + 2 * pad - k) / s + 1, wo = (w + 2 * pad - k) / s + 1;
+    int64_t sz[4];
+    stem_sizes(h, w, k, s, pad, maxpool, sz);
+    const int64_t ho = sz[0], wo = sz[1], h2 = sz[2], w2 = sz[3];
     const int64_t pitch = wo + (k - 1) / s, n = ho * pitch, kk = c_in * k * k;
     int64_t pp = 0, macs = -1;
     float *split = phases(x, c_in, h, w, pad, s, pitch, ho + (k - 1) / s + 1, &pp, threads);
@@ -344,8 +381,7 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
     int64_t *arow = malloc(sizeof(int64_t) * c_out), *crow = malloc(sizeof(int64_t) * c_out);
     int64_t *acol = malloc(sizeof(int64_t) * kk), *boff = malloc(sizeof(int64_t) * kk);
     if (!split || !y || !mask || !arow || !crow || !acol || !boff) goto done;
-    for (int64_t y = 0; y < ho; y++)
-        for (int64_t q = 0; q < pitch; q++) mask[y * pitch + q] = q < wo ? 1.0f : 0.0f;
+    column_mask(mask, ho, pitch, wo);
     for (int64_t i = 0; i < c_out; i++) { arow[i] = i * kk; crow[i] = i * n; }
     for (int64_t c = 0; c < c_in; c++)
         for (int64_t t = 0; t < k * k; t++) {
@@ -355,7 +391,6 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
         }
     gemm_t g = {c_out, kk, n, wt, arow, acol, split, boff, y, crow, bias, NULL, mask, STORE_RELU};
     macs = gemm(&g, threads) * ho * wo;
-    const int64_t h2 = maxpool ? (ho - 1) / 2 + 1 : ho, w2 = maxpool ? (wo - 1) / 2 + 1 : wo;
     const int64_t wp2 = w2 + 2, plane2 = (h2 + 2) * wp2;
     memset(out + c_out * plane2, 0, sizeof(float) * SLACK);
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -408,9 +443,9 @@ static int forward_one(const stem_t *st, const block_t *blocks, int64_t nblocks,
     const int64_t m0 = manidp_stem(image, st->c_in, h, w, st->w, st->b, st->c_out, st->k, st->stride,
                                    st->pad, (int)st->maxpool, work, threads);
     if (m0 < 0) return -1;
-    int64_t ho = (h + 2 * st->pad - st->k) / st->stride + 1, wo = (w + 2 * st->pad - st->k) / st->stride + 1;
-    if (st->maxpool) { ho = (ho - 1) / 2 + 1; wo = (wo - 1) / 2 + 1; }
-    if (instance(blocks, nblocks, work, ho, wo, threads, pooled, macs, kept) < 0) return -1;
+    int64_t sz[4];
+    stem_sizes(h, w, st->k, st->stride, st->pad, (int)st->maxpool, sz);
+    if (instance(blocks, nblocks, work, sz[2], sz[3], threads, pooled, macs, kept) < 0) return -1;
     *macs += m0;
     const int64_t c = blocks[nblocks - 1].c_out;
     for (int64_t o = 0; o < classes; o++) {
@@ -458,7 +493,7 @@ int manidp_forward(const stem_t *st, const block_t *blocks, int64_t nblocks, con
  * (the head's input), as manidp_forward computes it. */
 void manidp_pool(const float *sums, int64_t c, int64_t h, int64_t w, float *out)
 {
-    for (int64_t i = 0; i < c; i++) out[i] = sums[i] / (float)(h * w);
+    means(sums, c, h * w, out);
 }
 
 int64_t manidp_slack(void) { return SLACK; }
