@@ -22,17 +22,6 @@
 #define NR (VL * NV)
 #define SLACK 128 /* floats after every buffer that a GEMM reads as B (>= NR + 1; see gemm) */
 
-/* Least work worth a parallel region, in MACs (a GEMM) and in floats (a pass over a map): a region
- * costs a few microseconds of fork and join, more when the other thread has gone to sleep, and
- * CIFAR's GEMMs (0.1-2.9 M MACs, 1-30 us) ran slower split in two: ResNet-20 0.41 ms at 2 threads
- * against 0.28 ms at 1, ResNet-56 0.98 against 0.73 (wall clock, batch 1). ImageNet's smallest
- * GEMMs are 8 M MACs. Below these a region runs on the calling thread alone; nothing computed
- * depends on the thread count either way. */
-#ifndef PARALLEL_MIN_MACS
-#define PARALLEL_MIN_MACS (1 << 22)
-#endif
-#define PARALLEL_MIN_FLOATS 65536
-
 typedef float vf __attribute__((vector_size(VL * 4)));
 
 static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
@@ -182,7 +171,7 @@ static int64_t gemm(const gemm_t *g, int threads)
     if (g->M == 0 || g->K == 0) return 0;
     const int64_t mt = (g->M + MR - 1) / MR, nt = (g->N + NR - 1) / NR;
     const int rows_outer = 9 * g->M > g->N;
-#pragma omp parallel for num_threads(threads) schedule(static) if (g->M * g->K * g->N >= PARALLEL_MIN_MACS)
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < mt * nt; t++) {
         const int64_t r = rows_outer ? t / nt : t % mt, p = rows_outer ? t % nt : t / mt;
         const int64_t m0 = r * g->M / mt, m1 = (r + 1) * g->M / mt;

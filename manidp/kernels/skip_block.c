@@ -64,7 +64,7 @@ static void saliency(const float *pooled, int64_t n_in, const int64_t *rows, con
  * first block's input. */
 static void plane_sums(const float *x, int64_t c, int64_t plane, float *out, int threads)
 {
-#pragma omp parallel for num_threads(threads) schedule(static) if (c * plane >= PARALLEL_MIN_FLOATS)
+#pragma omp parallel for num_threads(threads) schedule(static) if (c * plane > 65536)
     for (int64_t i = 0; i < c; i++) {
         const float *p = x + i * plane;
         vf acc = {0};
@@ -81,7 +81,7 @@ static void plane_sums(const float *x, int64_t c, int64_t plane, float *out, int
  * same pass (the same vector partial sums as plane_sums, so the same result). */
 static void relu_planes(float *x, int64_t c, int64_t plane, float *sums, int threads)
 {
-#pragma omp parallel for num_threads(threads) schedule(static) if (c * plane >= PARALLEL_MIN_FLOATS)
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < c; i++) {
         float *p = x + i * plane;
         vf acc = {0};
@@ -138,7 +138,7 @@ static float *phases(const float *x, int64_t c, int64_t h, int64_t w, int64_t pa
     const int64_t rows = (hp + s - 1) / s > min_rows ? (hp + s - 1) / s : min_rows, size = rows * pitch;
     float *out = malloc(sizeof(float) * (planes * size + SLACK));
     if (!out) return NULL;
-#pragma omp parallel for num_threads(threads) schedule(static) if (planes * size >= PARALLEL_MIN_FLOATS)
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < planes; i++) {
         const int64_t py = (i % (s * s)) / s, px = i % s;
         const float *src = x + (i / (s * s)) * h * w;
@@ -435,7 +435,7 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
         gemm_t g = {c_out, kk, (r1 - r0) * pitch, wt, arow, acol, split + r0 * pitch, boff, y, crow,
                     bias, NULL, mask + r0 * pitch, STORE_RELU};
         macs += gemm(&g, threads) * (r1 - r0) * wo;
-#pragma omp parallel for num_threads(threads) schedule(static) if (c_out * rows * pitch >= PARALLEL_MIN_FLOATS)
+#pragma omp parallel for num_threads(threads) schedule(static)
         for (int64_t ch = 0; ch < c_out; ch++) {
             float *plane = y + ch * rows * pitch, *dst = out + ch * plane2 + wp2 + 1, cm[wo];
             if (r0 == 0) memset(out + ch * plane2, 0, sizeof(float) * plane2);
