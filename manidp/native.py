@@ -1,5 +1,5 @@
 """Build and load the C kernel of the channel-skipping engine (``kernels/skip_block.c`` and the
-headers it includes, ``kernels/gemm.h``).
+headers it includes: ``kernels/gemm.h``, ``maps.h``, ``stem.h``).
 
 The kernel is compiled on first use with the machine's C compiler (``$CC``, else ``cc``) for the CPU
 it runs on (``-march=native``) and cached under ``$MANIDP_CACHE`` (default ``~/.cache/manidp``),

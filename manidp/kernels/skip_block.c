@@ -16,7 +16,8 @@
  * border, which must stay zero. Strided convolutions (the stem, the first block of a stage and its
  * 1x1 projection shortcut) read a polyphase split of their input instead (see phases).
  *
- * The register-tiled GEMM that every convolution runs is in gemm.h.
+ * The register-tiled GEMM that every convolution runs is in gemm.h, the passes over whole maps and
+ * the polyphase split in maps.h, the stem in stem.h.
  *
  * MACs are counted here from the GEMM shapes that run (rows x depth x valid output pixels), not from
  * the masks; the tests compare them with manidp.macs.InstanceCounter.
@@ -27,6 +28,8 @@
 #include <string.h>
 
 #include "gemm.h"
+#include "maps.h"
+#include "stem.h"
 
 /* Weights of one block, BN folded (see manidp/accel.py, _NativeArgs, for the matching layout). */
 typedef struct {
@@ -58,58 +61,10 @@ static void saliency(const float *pooled, int64_t n_in, const int64_t *rows, con
     for (int64_t o = 0; o < c_out; o++) pi[o] = fminf(fmaxf(pi[o], 0.0f), clamp);
 }
 
-/* Sum of each of ``c`` padded planes (the border is zero, so the plane sum is the map sum).
- * Vector partial sums: a scalar running sum is one dependent add per float, 4-8x slower. Blocks
- * carry their output's channel sums to the next block (see manidp_block), so this runs only on the
- * first block's input. */
-static void plane_sums(const float *x, int64_t c, int64_t plane, float *out, int threads)
-{
-#pragma omp parallel for num_threads(threads) schedule(static) if (c * plane > 65536)
-    for (int64_t i = 0; i < c; i++) {
-        const float *p = x + i * plane;
-        vf acc = {0};
-        int64_t n = 0;
-        for (; n + VL <= plane; n += VL) acc += load(p + n);
-        float s = 0.0f;
-        for (; n < plane; n++) s += p[n];
-        for (int l = 0; l < VL; l++) s += acc[l];
-        out[i] = s;
-    }
-}
-
-/* ReLU of each of ``c`` padded planes in place and, if ``sums`` is not NULL, their sums in the
- * same pass (the same vector partial sums as plane_sums, so the same result). */
-static void relu_planes(float *x, int64_t c, int64_t plane, float *sums, int threads)
-{
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < c; i++) {
-        float *p = x + i * plane;
-        vf acc = {0};
-        int64_t n = 0;
-        for (; n + VL <= plane; n += VL) {
-            const vf r = vrelu(load(p + n));
-            store(p + n, r);
-            acc += r;
-        }
-        float s = 0.0f;
-        for (; n < plane; n++) s += p[n] = relu(p[n]);
-        for (int l = 0; l < VL; l++) s += acc[l];
-        if (sums) sums[i] = s;
-    }
-}
-
 /* Channel means of an ``pixels``-pixel map from its channel sums: the gates' and the pool's input. */
 static void means(const float *sums, int64_t c, int64_t pixels, float *out)
 {
     for (int64_t i = 0; i < c; i++) out[i] = sums[i] / (float)pixels;
-}
-
-/* The 0/1 column mask of a padded-width grid: ``rows`` rows of ``pitch`` columns, the first
- * ``cols`` of each valid (built row by row: a modulo per column cost ~10% of a CIFAR block). */
-static void column_mask(float *mask, int64_t rows, int64_t pitch, int64_t cols)
-{
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t q = 0; q < pitch; q++) mask[r * pitch + q] = q < cols ? 1.0f : 0.0f;
 }
 
 static int64_t kept(const float *pi, int64_t c, float threshold, int64_t *idx)
@@ -118,72 +73,6 @@ static int64_t kept(const float *pi, int64_t c, float threshold, int64_t *idx)
     for (int64_t i = 0; i < c; i++)
         if (pi[i] >= threshold) idx[n++] = i;
     return n;
-}
-
-/* Polyphase split of a padded-planar map for a stride-s convolution: phase (py, px) of channel c
- * is a plane of row pitch wp = wo + 2 holding padded input (s*r + py, s*q + px) at (r, q). Tap
- * (dy, dx) of output (y, x), padded input (s*y + dy, s*x + dx), is then phase (dy % s, dx % s) at
- * (y + dy / s, x + dx / s): over the padded-width output grid one contiguous row, as for stride
- * 1, so the GEMM reads taps in place. Each input float is copied once; gathering the 9 taps into
- * the output grid instead wrote 9/s^2 floats per input (2.25x the map at stride 2), and the
- * stride-2 blocks ran at 0.75 of ONNX Runtime's time where the others ran at 0.55. The 1x1
- * projection shortcut reads phase (1, 1) of the same split. ``x``: c planes of h x w, read with
- * ``pad`` rows and columns of zeros around them (a padded-planar map: its padded size, pad 0).
- * Phase planes have row pitch ``pitch`` and at least ``min_rows`` rows (``*pp`` floats each);
- * unwritten floats are zero, and the buffer ends with SLACK zeros. */
-static float *phases(const float *x, int64_t c, int64_t h, int64_t w, int64_t pad, int64_t s,
-                     int64_t pitch, int64_t min_rows, int64_t *pp, int threads)
-{
-    const int64_t hp = h + 2 * pad, wq = w + 2 * pad, planes = c * s * s;
-    const int64_t rows = (hp + s - 1) / s > min_rows ? (hp + s - 1) / s : min_rows, size = rows * pitch;
-    float *out = malloc(sizeof(float) * (planes * size + SLACK));
-    if (!out) return NULL;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < planes; i++) {
-        const int64_t py = (i % (s * s)) / s, px = i % s;
-        const float *src = x + (i / (s * s)) * h * w;
-        float *dst = out + i * size;
-        memset(dst, 0, sizeof(float) * size);
-        /* Columns q with 0 <= s*q + px - pad < w, found once: no test per float (the split was
-         * 8% of a CIFAR ResNet-20's block time with one). */
-        int64_t q0 = 0, q1 = 0;
-        while (s * q0 + px - pad < 0) q0++;
-        while (s * q1 + px < wq && s * q1 + px - pad < w) q1++;
-        for (int64_t r = 0; s * r + py < hp; r++) {
-            const int64_t sy = s * r + py - pad;
-            if (sy < 0 || sy >= h) continue;
-            const float *row = src + sy * w + px - pad;
-            float *d = dst + r * pitch;
-            if (s == 2)
-                for (int64_t q = q0; q < q1; q++) d[q] = row[2 * q];
-            else
-                for (int64_t q = q0; q < q1; q++) d[q] = row[s * q];
-        }
-    }
-    memset(out + planes * size, 0, sizeof(float) * SLACK);
-    *pp = size;
-    return out;
-}
-
-/* Where tap (dy, dx) of input channel c starts in the B operand: the padded map itself at stride
- * 1 (plane ``plane_in``, pitch w + 2 = wp), else its polyphase split (planes ``pp``, pitch wp). */
-static inline int64_t tap_offset(int64_t c, int dy, int dx, int64_t s, int64_t plane_in, int64_t pp,
-                                 int64_t wp)
-{
-    if (s == 1) return c * plane_in + dy * wp + dx;
-    return (c * s * s + (dy % s) * s + dx % s) * pp + (dy / s) * wp + dx / s;
-}
-
-/* Zero what the GEMM's padded-width stores do not reach: the top border row and the first left
- * border, the bottom border row after the last right border, and the buffer's SLACK. */
-static void zero_borders(float *x, int64_t c, int64_t ho, int64_t wo)
-{
-    const int64_t wp = wo + 2, plane = (ho + 2) * wp;
-    for (int64_t i = 0; i < c; i++) {
-        memset(x + i * plane, 0, sizeof(float) * (wp + 1));
-        memset(x + i * plane + (ho + 1) * wp + 1, 0, sizeof(float) * (wp - 1));
-    }
-    memset(x + c * plane, 0, sizeof(float) * SLACK);
 }
 
 /* Run one block on padded-planar ``x`` [c_in][(h+2)(w+2)] + SLACK. ``out``: ``x`` itself for an
@@ -349,116 +238,6 @@ static int instance(const block_t *blocks, int64_t nblocks, float *x, int64_t h,
     return failed ? -1 : 0;
 }
 
-/* The stem's output sizes for an h x w image: {convolution height, width, then what the first block
- * reads: the same, or after the 3x3/2 max-pool (padding 1)}. */
-static void stem_sizes(int64_t h, int64_t w, int64_t k, int64_t s, int64_t pad, int maxpool, int64_t sz[4])
-{
-    sz[0] = (h + 2 * pad - k) / s + 1;
-    sz[1] = (w + 2 * pad - k) / s + 1;
-    sz[2] = maxpool ? (sz[0] - 1) / 2 + 1 : sz[0];
-    sz[3] = maxpool ? (sz[1] - 1) / 2 + 1 : sz[1];
-}
-
-/* Max-pool rows [i0, i1) of one channel: 3x3, stride 2, padding 1, from ``band``, conv rows
- * 2 * i0 - 1 onwards at row pitch ``pitch`` (a row before conv row 0 or past ``ho`` is not read).
- * Separable: the max over the window's rows, column by column (vectorises), then over each
- * window's three columns. Inputs are ReLU outputs (>= 0), so starting from 0 equals -inf padding. */
-static void pool_rows(const float *band, int64_t pitch, int64_t i0, int64_t i1, int64_t ho, int64_t wo,
-                      int64_t w2, float *dst, int64_t wp2, float *cm)
-{
-    for (int64_t i = i0; i < i1; i++) {
-        for (int64_t q = 0; q < wo; q++) cm[q] = 0.0f;
-        for (int64_t r = 2 * i - 1; r <= 2 * i + 1; r++) {
-            if (r < 0 || r >= ho) continue;
-            const float *row = band + (r - (2 * i0 - 1)) * pitch;
-            for (int64_t q = 0; q < wo; q++) cm[q] = row[q] > cm[q] ? row[q] : cm[q];
-        }
-        for (int64_t j = 0; j < w2; j++) {
-            float m = cm[2 * j];
-            if (j > 0 && cm[2 * j - 1] > m) m = cm[2 * j - 1];
-            if (2 * j + 1 < wo && cm[2 * j + 1] > m) m = cm[2 * j + 1];
-            dst[i * wp2 + j] = m;
-        }
-    }
-}
-
-/* Floats of convolution output a max-pool stem computes before pooling it: a band of rows that
- * stays in L2. Pooled whole, ResNet-34's 112x112 map (3.3 MB) went out to memory and came back,
- * and the stem took 1.6x its GEMM's hot-cache time. */
-#define STEM_BAND_FLOATS 65536
-
-/* The stem: a k x k convolution, stride s, padding pad (BN folded), ReLU, then (``maxpool``) the
- * ImageNet stem's 3x3/2 max-pool (padding 1), from one plain [c_in][h][w] image into the
- * padded-planar buffer ``out`` that the first block reads (written whole: borders and SLACK zero,
- * so the caller can reuse one buffer). The convolution is the blocks' GEMM over a polyphase split
- * of the image (no im2col: ImageNet's 7x7/2 stem is 49 taps), on a grid of row pitch
- * wo + (k - 1) / s: tap (dy, dx) reads phase columns up to x + (k - 1) / s. With the max-pool it
- * runs in bands of an even number of conv rows, each pooled at once; a band buffer keeps one row
- * before the band (the previous band's last, which the first pool row of this band reads). Every
- * output is computed as without bands (same GEMM sums, same maxima). Returns the stem's MACs, or
- * -1 if memory ran out. */
-int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const float *wt,
-                    const float *bias, int64_t c_out, int64_t k, int64_t s, int64_t pad, int maxpool,
-                    float *out, int threads)
-{
-    int64_t sz[4];
-    stem_sizes(h, w, k, s, pad, maxpool, sz);
-    const int64_t ho = sz[0], wo = sz[1], h2 = sz[2], w2 = sz[3];
-    const int64_t pitch = wo + (k - 1) / s, n = ho * pitch, kk = c_in * k * k;
-    int64_t band = ho;                       /* conv rows per GEMM */
-    if (maxpool) {
-        band = STEM_BAND_FLOATS / (c_out * pitch);
-        band = band < 2 ? 2 : band & ~(int64_t)1;
-        band = band < ho ? band : ho + (ho & 1);
-    }
-    const int64_t rows = maxpool ? band + 1 : ho;   /* + the row before the band */
-    int64_t pp = 0, macs = -1;
-    float *split = phases(x, c_in, h, w, pad, s, pitch, ho + (k - 1) / s + 1, &pp, threads);
-    float *y = malloc(sizeof(float) * (c_out * rows * pitch + SLACK)), *mask = malloc(sizeof(float) * n);
-    int64_t *arow = malloc(sizeof(int64_t) * c_out), *crow = malloc(sizeof(int64_t) * c_out);
-    int64_t *acol = malloc(sizeof(int64_t) * kk), *boff = malloc(sizeof(int64_t) * kk);
-    if (!split || !y || !mask || !arow || !crow || !acol || !boff) goto done;
-    column_mask(mask, ho, pitch, wo);
-    const int64_t first = maxpool ? pitch : 0;     /* where conv row r0 goes in a band's plane */
-    for (int64_t i = 0; i < c_out; i++) { arow[i] = i * kk; crow[i] = i * rows * pitch + first; }
-    for (int64_t c = 0; c < c_in; c++)
-        for (int64_t t = 0; t < k * k; t++) {
-            const int64_t dy = t / k, dx = t % k, j = c * k * k + t;
-            acol[j] = j;
-            boff[j] = (c * s * s + (dy % s) * s + dx % s) * pp + (dy / s) * pitch + dx / s;
-        }
-    const int64_t wp2 = w2 + 2, plane2 = (h2 + 2) * wp2;
-    memset(out + c_out * plane2, 0, sizeof(float) * SLACK);
-    macs = 0;
-    for (int64_t r0 = 0; r0 < ho; r0 += band) {
-        const int64_t r1 = r0 + band < ho ? r0 + band : ho;
-        gemm_t g = {c_out, kk, (r1 - r0) * pitch, wt, arow, acol, split + r0 * pitch, boff, y, crow,
-                    bias, NULL, mask + r0 * pitch, STORE_RELU};
-        macs += gemm(&g, threads) * (r1 - r0) * wo;
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t ch = 0; ch < c_out; ch++) {
-            float *plane = y + ch * rows * pitch, *dst = out + ch * plane2 + wp2 + 1, cm[wo];
-            if (r0 == 0) memset(out + ch * plane2, 0, sizeof(float) * plane2);
-            if (!maxpool) {
-                for (int64_t i = 0; i < h2; i++) memcpy(dst + i * wp2, plane + i * pitch, sizeof(float) * wo);
-                continue;
-            }
-            /* Pool rows whose windows (conv rows 2i - 1 .. 2i + 1) end in this band. */
-            const int64_t i1 = r1 >= ho ? h2 : r1 / 2;
-            pool_rows(plane, pitch, r0 / 2, i1, ho, wo, w2, dst, wp2, cm);
-            memcpy(plane, plane + band * pitch, sizeof(float) * pitch);  /* row r1 - 1 leads the next band */
-        }
-    }
-done:
-    free(split); free(y); free(mask); free(arow); free(crow); free(acol); free(boff);
-    return macs;
-}
-
-/* The stem's weights (BN folded) and shape, for manidp_forward (see manidp_stem). */
-typedef struct {
-    const float *w, *b;
-    int64_t c_in, c_out, k, stride, pad, maxpool;
-} stem_t;
 
 /* A whole batch in one call: per instance the stem (manidp_stem) into its padded-planar buffer
  * ``work[i]``, every block (instance), the global average pool into ``pooled`` [n][c_last]
