@@ -103,14 +103,19 @@ class Gate(nn.Module):
 
 @torch.no_grad()
 def quantile_thresholds_(model: nn.Module, x: torch.Tensor, q: float) -> nn.Module:
-    """Run ``model`` (in its current mode) on ``x``, then set each gate's threshold to the
-    ``q``-quantile of the saliencies it produced, so that a gate prunes about ``q`` of its channels:
-    masks and MAC counts that are real without training (benchmarks and tests). Every gate sees the
-    pass with the old thresholds; :func:`manidp.accel.calibrate_thresholds_` instead calibrates
-    gate by gate, each on the mask its predecessors now make."""
+    """Run ``model`` (in its current mode) on ``x``, then set each gate's threshold between its
+    saliencies at the ``q``-quantile, so that a gate prunes about ``q`` of its channels: masks and
+    MAC counts that are real without training (benchmarks and tests). The threshold is the midpoint
+    of the two sorted saliencies around the quantile, not the quantile itself: that often is one of
+    the saliencies, whose mask its last bit then decides, and two implementations of one step
+    (``tests/test_fast_step.py``) round it differently on some CPUs. Every gate sees the pass with
+    the old thresholds; :func:`manidp.accel.calibrate_thresholds_` instead calibrates gate by gate,
+    each on the mask its predecessors now make."""
     model(x)
     for g in model.gates():
-        g.threshold.fill_(float(torch.quantile(g.saliency.flatten(), q)))
+        s = g.saliency.detach().flatten().sort().values
+        k = min(max(round(q * s.numel()), 1), s.numel() - 1)   # s[:k] fall below the threshold
+        g.threshold.fill_(float((s[k - 1] + s[k]) / 2))
     return model
 
 
