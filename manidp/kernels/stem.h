@@ -85,9 +85,10 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
     for (int64_t i = 0; i < c_out; i++) { arow[i] = i * kk; crow[i] = i * rows * pitch + first; }
     for (int64_t c = 0; c < c_in; c++)
         for (int64_t t = 0; t < k * k; t++) {
-            const int64_t dy = t / k, dx = t % k, j = c * k * k + t;
+            const int64_t j = c * k * k + t;
             acol[j] = j;
-            boff[j] = (c * s * s + (dy % s) * s + dx % s) * pp + (dy / s) * pitch + dx / s;
+            /* The image's split has planes of pp floats for any stride (at stride 1 one phase). */
+            boff[j] = tap_offset(c, (int)(t / k), (int)(t % k), s, pp, pp, pitch);
         }
     const int64_t wp2 = w2 + 2, plane2 = (h2 + 2) * wp2;
     memset(out + c_out * plane2, 0, sizeof(float) * SLACK);
