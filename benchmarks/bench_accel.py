@@ -383,6 +383,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_details() -> dict:
+    """CPU family / model / stepping and cache sizes: virtual machines often name every AMD part
+    "AMD EPYC", and Zen 3 (family 25, 32 KB L1d) and Zen 5 (family 26, 48 KB L1d) behave apart."""
+    out: dict = {}
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.is_file() else []:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("cpu family", "model", "stepping") and key.replace(" ", "_") not in out:
+            out[key.replace(" ", "_")] = value.strip()
+    caches = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(caches.glob("index*")) if caches.is_dir() else []:
+        try:
+            level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction":
+            out[f"L{level}{'d' if kind == 'Data' else ''}"] = size
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="write the results as JSON here")
@@ -435,7 +456,7 @@ def main(argv=None) -> None:
            "engine_kernel": "native" if native.load() is not None else "torch",
            "native_unavailable": native.why_unavailable(), "native_flags": native.FLAGS,
            "cpu_isa": native.cpu_isa(), "kernel_isa": native.kernel_isa(),
-           "cpu_model": cpu_model(), "versions": {"torch": torch.__version__, **dense_engines.versions()},
+           "cpu_model": cpu_model(), "cpu_details": cpu_details(), "versions": {"torch": torch.__version__, **dense_engines.versions()},
            "command": [Path(sys.executable).name, *sys.argv], "git_commit": git_commit(),
            "MANIDP_CFLAGS": os.environ.get("MANIDP_CFLAGS", "")}
     results = []
