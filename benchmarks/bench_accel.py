@@ -376,23 +376,24 @@ def plot(data: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _cpuinfo() -> dict[str, str]:
+    """The first value of every key in /proc/cpuinfo (i.e. CPU 0's), or {} where there is none."""
+    info, out = Path("/proc/cpuinfo"), {}
+    for line in info.read_text().splitlines() if info.is_file() else []:
+        key, _, value = line.partition(":")
+        out.setdefault(key.strip(), value.strip())
+    return out
+
+
 def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_details() -> dict:
     """CPU family / model / stepping and cache sizes: virtual machines often name every AMD part
     "AMD EPYC", and Zen 3 (family 25, 32 KB L1d) and Zen 5 (family 26, 48 KB L1d) behave apart."""
-    out: dict = {}
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.is_file() else []:
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key in ("cpu family", "model", "stepping") and key.replace(" ", "_") not in out:
-            out[key.replace(" ", "_")] = value.strip()
+    info = _cpuinfo()
+    out = {k.replace(" ", "_"): info[k] for k in ("cpu family", "model", "stepping") if k in info}
     caches = Path("/sys/devices/system/cpu/cpu0/cache")
     for index in sorted(caches.glob("index*")) if caches.is_dir() else []:
         try:
