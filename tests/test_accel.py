@@ -99,7 +99,10 @@ def test_cifar_resnet110_and_32(cifar_images):
                                               # odd map sizes (50, 25, 13, 7, 4): tile and
                                               # padded-width edges of the C kernel
                                               ("resnet18", 100, "native"),
-                                              ("resnet18", 100, "native-nchw")])
+                                              ("resnet18", 100, "native-nchw"),
+                                              # an odd stem width (49): the max-pool's last
+                                              # window ends past the map
+                                              ("resnet18", 98, "native")])
 def test_imagenet_random_inputs(arch, size, kernel):
     x = torch.randn(2, 3, size, size)
     check_equivalent(gated(arch, x), x, **KERNELS[kernel])

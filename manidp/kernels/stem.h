@@ -35,12 +35,21 @@ static void pool_rows(const float *band, int64_t pitch, int64_t i0, int64_t i1, 
             const float *row = band + (r - (2 * i0 - 1)) * pitch;
             for (int64_t q = 0; q < wo; q++) cm[q] = row[q] > cm[q] ? row[q] : cm[q];
         }
-        for (int64_t j = 0; j < w2; j++) {
-            float m = cm[2 * j];
-            if (j > 0 && cm[2 * j - 1] > m) m = cm[2 * j - 1];
-            if (2 * j + 1 < wo && cm[2 * j + 1] > m) m = cm[2 * j + 1];
-            dst[i * wp2 + j] = m;
+        /* Window j spans columns 2j - 1 .. 2j + 1. The inner windows in a loop without tests (it
+         * vectorises: the tested loop over every window was most of the pool's time); window 0
+         * has no left column, and a last window may end past column wo - 1. */
+        float *d = dst + i * wp2;
+        const int64_t inner = wo >= 2 ? (wo - 2) / 2 + 1 : 1;   /* windows j < inner end in the map */
+        int64_t j = 1;
+        for (; j < inner && j < w2; j++) {
+            const float a = cm[2 * j - 1], b = cm[2 * j], c = cm[2 * j + 1], m = b > a ? b : a;
+            d[j] = c > m ? c : m;
         }
+        for (; j < w2; j++) {
+            const float a = cm[2 * j - 1], b = cm[2 * j];
+            d[j] = b > a ? b : a;
+        }
+        d[0] = wo >= 2 && cm[1] > cm[0] ? cm[1] : cm[0];
     }
 }
 
