@@ -55,7 +55,7 @@ static inline vf epilogue(int mode, vf c, vf t, float bias, float scale, vf mask
  * ACCUMULATE_RELU applies ReLU after the accumulation. */
 typedef struct {
     int64_t M, K, N;
-    const float *A; const int64_t *arow, *acol;
+    const float *A; const int64_t *arow, *acol;   /* acol NULL: column k of row i is A[arow[i] + k] */
     const float *B; const int64_t *boff;
     float *C; const int64_t *crow;
     const float *bias, *scale, *mask;
@@ -65,7 +65,7 @@ typedef struct {
 
 /* ``mr`` rows x ``nv`` vectors (both compile-time constants after inlining into tile_any). */
 static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t m0, int mr, int nv,
-                                                       int64_t n0)
+                                                       int64_t n0, const int64_t *acol)
 {
     vf acc[MR][NV];
     const float *a[MR];
@@ -78,7 +78,7 @@ static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t 
         const float *bk = b + g->boff[k];
         vf bv[NV];
         for (int v = 0; v < nv; v++) bv[v] = load(bk + v * VL);
-        const int64_t ck = g->acol[k];
+        const int64_t ck = acol ? acol[k] : k;
 #pragma GCC unroll 6
         for (int i = 0; i < mr; i++) {
             const vf ai = splat(a[i][ck]);
@@ -137,24 +137,36 @@ static void row_sums(const gemm_t *g, float *out)
  * it needs, where a full tile computed up to 1.6x the columns (ResNet-56's 8x8 stage). */
 #define ROWS(nv)                                                              \
     switch (mr) {                                                             \
-    case 6: tile(g, m0, 6, nv, n0); break;                                    \
-    case 5: tile(g, m0, 5, nv, n0); break;                                    \
-    case 4: tile(g, m0, 4, nv, n0); break;                                    \
-    case 3: tile(g, m0, 3, nv, n0); break;                                    \
-    case 2: tile(g, m0, 2, nv, n0); break;                                    \
-    default: tile(g, m0, 1, nv, n0); break;                                   \
+    case 6: tile(g, m0, 6, nv, n0, ACOL); break;                              \
+    case 5: tile(g, m0, 5, nv, n0, ACOL); break;                              \
+    case 4: tile(g, m0, 4, nv, n0, ACOL); break;                              \
+    case 3: tile(g, m0, 3, nv, n0, ACOL); break;                              \
+    case 2: tile(g, m0, 2, nv, n0, ACOL); break;                              \
+    default: tile(g, m0, 1, nv, n0, ACOL); break;                             \
     }
-static void tile_any(const gemm_t *g, int64_t m0, int mr, int64_t n0)
-{
-    const int64_t left = (g->N - n0 + VL - 1) / VL;      /* vectors left in this panel */
 #if NV == 4
-    if (left == 1) { ROWS(1) } else if (left == 2) { ROWS(2) } else if (left == 3) { ROWS(3) } else { ROWS(4) }
+#define PANEL() if (left == 1) { ROWS(1) } else if (left == 2) { ROWS(2) } else if (left == 3) { ROWS(3) } else { ROWS(4) }
 #elif NV == 2
-    if (left == 1) { ROWS(1) } else { ROWS(2) }
+#define PANEL() if (left == 1) { ROWS(1) } else { ROWS(2) }
 #else
 #error "tile_any: NV must be 2 or 4"
 #endif
+static void tile_any(const gemm_t *g, int64_t m0, int mr, int64_t n0)
+{
+    const int64_t left = (g->N - n0 + VL - 1) / VL;      /* vectors left in this panel */
+    /* Without column indices (acol NULL: column k is k) the copy of the tile has no index load per
+     * tap: conv_a, the shortcut and the stem read whole weight rows. */
+    if (g->acol) {
+#define ACOL g->acol
+        PANEL()
+#undef ACOL
+    } else {
+#define ACOL NULL
+        PANEL()
+#undef ACOL
+    }
 }
+#undef PANEL
 #undef ROWS
 
 /* Tiles in one of two orders, and each thread a contiguous run of them (static schedule): column

@@ -129,8 +129,8 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
      * writes the whole output buffer. */
     if (b->ws) {
         for (int64_t i = 0; i < b->c_out; i++) { arow[i] = i * b->c_in; crow[i] = i * plane + wp + 1; }
-        for (int64_t k = 0; k < b->c_in; k++) { acol[k] = k; boff[k] = tap_offset(k, 1, 1, s, plane_in, pp, wp); }
-        gemm_t g = {b->c_out, b->c_in, n, b->ws, arow, acol, src, boff, out, crow, b->bs, NULL, mask, STORE};
+        for (int64_t k = 0; k < b->c_in; k++) boff[k] = tap_offset(k, 1, 1, s, plane_in, pp, wp);
+        gemm_t g = {b->c_out, b->c_in, n, b->ws, arow, NULL, src, boff, out, crow, b->bs, NULL, mask, STORE};
         macs += gemm(&g, threads) * pixels;
         zero_borders(out, b->c_out, ho, wo);
     }
@@ -141,12 +141,11 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
         if (!mid) { macs = -1; goto done; }
         for (int64_t c = 0; c < b->c_in; c++)
             for (int t = 0; t < 9; t++) boff[c * 9 + t] = tap_offset(c, t / 3, t % 3, s, plane_in, pp, wp);
-        for (int64_t k = 0; k < 9 * b->c_in; k++) acol[k] = k;
         for (int64_t i = 0; i < n1; i++) {
             arow[i] = k1[i] * b->c_in * 9; crow[i] = i * plane + wp + 1;
             bias[i] = b->ba[k1[i]]; scale[i] = pi1[k1[i]];
         }
-        gemm_t g = {n1, 9 * b->c_in, n, b->wa, arow, acol, src, boff, mid, crow, bias, scale, mask,
+        gemm_t g = {n1, 9 * b->c_in, n, b->wa, arow, NULL, src, boff, mid, crow, bias, scale, mask,
                     STORE_RELU, rowsum};
         macs += gemm(&g, threads) * pixels;
         zero_borders(mid, n1, ho, wo);

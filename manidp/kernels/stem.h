@@ -87,15 +87,14 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
     float *split = phases(x, c_in, h, w, pad, s, pitch, ho + (k - 1) / s + 1, &pp, threads);
     float *y = malloc(sizeof(float) * (c_out * rows * pitch + SLACK)), *mask = malloc(sizeof(float) * n);
     int64_t *arow = malloc(sizeof(int64_t) * c_out), *crow = malloc(sizeof(int64_t) * c_out);
-    int64_t *acol = malloc(sizeof(int64_t) * kk), *boff = malloc(sizeof(int64_t) * kk);
-    if (!split || !y || !mask || !arow || !crow || !acol || !boff) goto done;
+    int64_t *boff = malloc(sizeof(int64_t) * kk);
+    if (!split || !y || !mask || !arow || !crow || !boff) goto done;
     column_mask(mask, ho, pitch, wo);
     const int64_t first = maxpool ? pitch : 0;     /* where conv row r0 goes in a band's plane */
     for (int64_t i = 0; i < c_out; i++) { arow[i] = i * kk; crow[i] = i * rows * pitch + first; }
     for (int64_t c = 0; c < c_in; c++)
         for (int64_t t = 0; t < k * k; t++) {
             const int64_t j = c * k * k + t;
-            acol[j] = j;
             /* The image's split has planes of pp floats for any stride (at stride 1 one phase). */
             boff[j] = tap_offset(c, (int)(t / k), (int)(t % k), s, pp, pp, pitch);
         }
@@ -104,7 +103,7 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
     macs = 0;
     for (int64_t r0 = 0; r0 < ho; r0 += band) {
         const int64_t r1 = r0 + band < ho ? r0 + band : ho;
-        gemm_t g = {c_out, kk, (r1 - r0) * pitch, wt, arow, acol, split + r0 * pitch, boff, y, crow,
+        gemm_t g = {c_out, kk, (r1 - r0) * pitch, wt, arow, NULL, split + r0 * pitch, boff, y, crow,
                     bias, NULL, mask + r0 * pitch, STORE_RELU};
         macs += gemm(&g, threads) * (r1 - r0) * wo;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -122,7 +121,7 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
         }
     }
 done:
-    free(split); free(y); free(mask); free(arow); free(crow); free(acol); free(boff);
+    free(split); free(y); free(mask); free(arow); free(crow); free(boff);
     return macs;
 }
 
