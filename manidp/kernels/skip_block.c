@@ -97,12 +97,12 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
     const int64_t panels = (n + NR - 1) / NR, cpool = b->c_in > cmax ? b->c_in : cmax;
     /* Every small scratch array from one allocation (18 mallocs were ~2% of a CIFAR block). */
     const int64_t floats = cpool + hmax + b->c_mid + b->c_out + n + 3 * cmax + cmax * panels + b->c_in;
-    const int64_t ints = b->c_mid + b->c_out + 2 * cmax + 2 * big;
+    const int64_t ints = b->c_mid + b->c_out + 2 * cmax + big + b->c_mid;
     int64_t *iarena = malloc(sizeof(int64_t) * ints + sizeof(float) * floats);
     if (!iarena) return -1;
     float *farena = (float *)(iarena + ints);
     int64_t *k1 = iarena, *k2 = k1 + b->c_mid, *arow = k2 + b->c_out, *crow = arow + cmax;
-    int64_t *acol = crow + cmax, *boff = acol + big;
+    int64_t *acol9 = crow + cmax, *boff = acol9 + b->c_mid;
     float *pooled = farena, *hidden = pooled + cpool, *pi1 = hidden + hmax, *pi2 = pi1 + b->c_mid;
     float *mask = pi2 + b->c_out, *bias = mask + n, *scale = bias + cmax, *rows = scale + cmax;
     float *rowsum = rows + cmax, *xs = rowsum + cmax * panels;
@@ -130,7 +130,7 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
     if (b->ws) {
         for (int64_t i = 0; i < b->c_out; i++) { arow[i] = i * b->c_in; crow[i] = i * plane + wp + 1; }
         for (int64_t k = 0; k < b->c_in; k++) boff[k] = tap_offset(k, 1, 1, s, plane_in, pp, wp);
-        gemm_t g = {b->c_out, b->c_in, n, b->ws, arow, NULL, src, boff, out, crow, b->bs, NULL, mask, STORE};
+        gemm_t g = {b->c_out, b->c_in, n, b->ws, arow, src, boff, out, crow, b->bs, NULL, mask, STORE};
         macs += gemm(&g, threads) * pixels;
         zero_borders(out, b->c_out, ho, wo);
     }
@@ -139,14 +139,15 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
     if (n1) {
         mid = malloc(sizeof(float) * (n1 * plane + SLACK));
         if (!mid) { macs = -1; goto done; }
-        for (int64_t c = 0; c < b->c_in; c++)
-            for (int t = 0; t < 9; t++) boff[c * 9 + t] = tap_offset(c, t / 3, t % 3, s, plane_in, pp, wp);
+        if (s > 1)   /* the split's phases; at stride 1 the GEMM's taps are the map's (plane > 0) */
+            for (int64_t c = 0; c < b->c_in; c++)
+                for (int t = 0; t < 9; t++) boff[c * 9 + t] = tap_offset(c, t / 3, t % 3, s, plane_in, pp, wp);
         for (int64_t i = 0; i < n1; i++) {
             arow[i] = k1[i] * b->c_in * 9; crow[i] = i * plane + wp + 1;
             bias[i] = b->ba[k1[i]]; scale[i] = pi1[k1[i]];
         }
-        gemm_t g = {n1, 9 * b->c_in, n, b->wa, arow, NULL, src, boff, mid, crow, bias, scale, mask,
-                    STORE_RELU, rowsum};
+        gemm_t g = {n1, 9 * b->c_in, n, b->wa, arow, src, boff, mid, crow, bias, scale, mask,
+                    STORE_RELU, rowsum, s > 1 ? 0 : plane_in, wp, NULL};
         macs += gemm(&g, threads) * pixels;
         zero_borders(mid, n1, ho, wo);
         /* Gate 2 reads the masked map, zero on pruned channels: only FC1 rows k1 matter. */
@@ -162,17 +163,13 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
 
     /* conv_b: kept outputs k2 over kept inputs k1, times saliency, added into the residual. */
     if (n2 && n1) {
-        for (int64_t j = 0; j < n1; j++)
-            for (int t = 0; t < 9; t++) {
-                acol[j * 9 + t] = k1[j] * 9 + t;
-                boff[j * 9 + t] = j * plane + (t / 3) * wp + t % 3;
-            }
+        for (int64_t j = 0; j < n1; j++) acol9[j] = k1[j] * 9;   /* kept input channel j's columns */
         for (int64_t i = 0; i < n2; i++) {
             arow[i] = k2[i] * b->c_mid * 9; crow[i] = k2[i] * plane + wp + 1;
             bias[i] = b->bb[k2[i]]; scale[i] = pi2[k2[i]];
         }
-        gemm_t g = {n2, 9 * n1, n, b->wb, arow, acol, mid, boff, out, crow, bias, scale, mask,
-                    b->ws ? ACCUMULATE : ACCUMULATE_RELU, b->ws ? NULL : rowsum};
+        gemm_t g = {n2, 9 * n1, n, b->wb, arow, mid, NULL, out, crow, bias, scale, mask,
+                    b->ws ? ACCUMULATE : ACCUMULATE_RELU, b->ws ? NULL : rowsum, plane, wp, acol9};
         macs += gemm(&g, threads) * pixels;
         if (!b->ws) row_sums(&g, rows);
     } else if (n2) {

@@ -103,7 +103,7 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
     macs = 0;
     for (int64_t r0 = 0; r0 < ho; r0 += band) {
         const int64_t r1 = r0 + band < ho ? r0 + band : ho;
-        gemm_t g = {c_out, kk, (r1 - r0) * pitch, wt, arow, NULL, split + r0 * pitch, boff, y, crow,
+        gemm_t g = {c_out, kk, (r1 - r0) * pitch, wt, arow, split + r0 * pitch, boff, y, crow,
                     bias, NULL, mask + r0 * pitch, STORE_RELU};
         macs += gemm(&g, threads) * (r1 - r0) * wo;
 #pragma omp parallel for num_threads(threads) schedule(static)
