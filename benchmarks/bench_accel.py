@@ -25,7 +25,8 @@ interleaved in every pass (rotating order) so background load hits them alike. P
 fresh subprocess per variant (ru_maxrss). Batch-32 throughput: every dense variant, masked, engine
 "loop", engine "union". The JSON records each engine's version, the CPU's vector ISA and the one the
 C kernel was built for (MANIDP_CFLAGS=-mno-avx512f builds the AVX2 kernel on an AVX-512 machine),
-the command line and the git commit.
+oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA=AVX2 runs OpenVINO and PyTorch's oneDNN kernels as AVX2;
+ONNX Runtime cannot be capped), the command line and the git commit.
 
     python benchmarks/bench_accel.py --out bench_accel.json
 """
@@ -459,7 +460,10 @@ def main(argv=None) -> None:
            "cpu_isa": native.cpu_isa(), "kernel_isa": native.kernel_isa(),
            "cpu_model": cpu_model(), "cpu_details": cpu_details(), "versions": {"torch": torch.__version__, **dense_engines.versions()},
            "command": [Path(sys.executable).name, *sys.argv], "git_commit": git_commit(),
-           "MANIDP_CFLAGS": os.environ.get("MANIDP_CFLAGS", "")}
+           "MANIDP_CFLAGS": os.environ.get("MANIDP_CFLAGS", ""),
+           # oneDNN's ISA cap: ONEDNN_MAX_CPU_ISA=AVX2 makes OpenVINO and PyTorch's oneDNN
+           # kernels AVX2 on an AVX-512 CPU; ONNX Runtime (MLAS) has no such switch.
+           "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", ""))}
     results = []
     data = {"env": env, "results": results}
     for arch in archs:
