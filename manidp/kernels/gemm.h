@@ -94,9 +94,9 @@ static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t 
     const float *b = g->B + n0;
     if (g->plane) {
         /* Channel by channel, its 9 taps unrolled: their offsets are constants from three row
-         * pointers, so no index is loaded per tap (of 10 loads per tap with AVX2, 12 with AVX-512:
-         * the AVX2 build ran ResNet-34 1.05-1.06x and the CIFAR ResNets 1.03-1.04x faster; the
-         * AVX-512 one within the noise). */
+         * pointers, so no index is loaded per tap (one of 10 loads per tap with AVX2, of 12 with
+         * AVX-512: the AVX2 build ran ResNet-34 1.07x, ResNet-18 1.08x and ResNet-56 / 20
+         * 1.02x / 1.06x faster, the AVX-512 one within the noise; docs/acceleration.md). */
         for (int64_t c = 0; c < g->K / 9; c++) {
             const float *b0 = b + c * g->plane, *b1 = b0 + g->pitch, *b2 = b1 + g->pitch;
             const int64_t ca = g->acol9 ? g->acol9[c] : 9 * c;
@@ -157,12 +157,12 @@ static void row_sums(const gemm_t *g, float *out)
  * it needs, where a full tile computed up to 1.6x the columns (ResNet-56's 8x8 stage). */
 #define ROWS(nv)                                                              \
     switch (mr) {                                                             \
-    case 6: tile(g, m0, 6, nv, n0); break;                              \
-    case 5: tile(g, m0, 5, nv, n0); break;                              \
-    case 4: tile(g, m0, 4, nv, n0); break;                              \
-    case 3: tile(g, m0, 3, nv, n0); break;                              \
-    case 2: tile(g, m0, 2, nv, n0); break;                              \
-    default: tile(g, m0, 1, nv, n0); break;                             \
+    case 6: tile(g, m0, 6, nv, n0); break;                                    \
+    case 5: tile(g, m0, 5, nv, n0); break;                                    \
+    case 4: tile(g, m0, 4, nv, n0); break;                                    \
+    case 3: tile(g, m0, 3, nv, n0); break;                                    \
+    case 2: tile(g, m0, 2, nv, n0); break;                                    \
+    default: tile(g, m0, 1, nv, n0); break;                                   \
     }
 static void tile_any(const gemm_t *g, int64_t m0, int mr, int64_t n0)
 {
