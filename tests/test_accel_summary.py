@@ -59,3 +59,15 @@ def test_out_is_written_whole(tmp_path, capsys):
     accel_summary.main([str(path), "--out", str(out)])
     assert out.read_text() == capsys.readouterr().out
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("doc", ["docs/acceleration.md", "results/accel/README.md"])
+def test_docs_quote_the_current_table(doc):
+    """The every-run table in the docs is what accel_summary.py prints for the kept JSONs: a JSON
+    added to results/accel without regenerating the table fails here."""
+    paths = sorted(accel_summary.RESULTS.rglob("bench_accel_*.json"))
+    table = accel_summary.table([accel_summary.row(p) for p in paths])
+    text = (accel_summary.ROOT / doc).read_text()
+    start = text.index(table.splitlines()[0])
+    end = text.find("\n\n", start)
+    assert text[start:end if end >= 0 else len(text)].rstrip("\n") == table
