@@ -18,6 +18,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from manidp.errors import ManidpError  # noqa: E402
+from manidp.io import write_text  # noqa: E402
+
 RESULTS = ROOT / "results" / "accel"
 ARCHS = ("resnet34", "resnet18", "resnet56", "resnet20", "resnet32", "resnet110")
 CIFAR = ("resnet56", "resnet20", "resnet32", "resnet110")
@@ -92,9 +97,10 @@ def main(argv=None) -> None:
     text = table(rows)
     print(text)
     if args.out:
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(args.out)
+        try:
+            write_text(args.out, text + "\n")
+        except ManidpError as e:
+            raise SystemExit(f"accel_summary: {e}")
 
 
 if __name__ == "__main__":
