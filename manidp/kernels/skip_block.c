@@ -92,7 +92,7 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
     const int64_t plane_in = (h + 2) * (w + 2), wp = wo + 2, plane = (ho + 2) * wp, n = ho * wp;
     const int64_t pixels = ho * wo, cmax = b->c_mid > b->c_out ? b->c_mid : b->c_out;
     const int64_t hmax = b->hid1 > b->hid2 ? b->hid1 : b->hid2;
-    const int64_t big = 9 * (b->c_in > b->c_mid ? b->c_in : b->c_mid);
+    const int64_t big = 9 * b->c_in;   /* boff: a strided conv_a's taps (the shortcut needs c_in) */
     int64_t macs = 0, n1, n2 = 0;
     const int64_t panels = (n + NR - 1) / NR, cpool = b->c_in > cmax ? b->c_in : cmax;
     /* Every small scratch array from one allocation (18 mallocs were ~2% of a CIFAR block). */
@@ -146,8 +146,8 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
             arow[i] = k1[i] * b->c_in * 9; crow[i] = i * plane + wp + 1;
             bias[i] = b->ba[k1[i]]; scale[i] = pi1[k1[i]];
         }
-        gemm_t g = {n1, 9 * b->c_in, n, b->wa, arow, src, boff, mid, crow, bias, scale, mask,
-                    STORE_RELU, rowsum, s > 1 ? 0 : plane_in, wp, NULL};
+        gemm_t g = {n1, 9 * b->c_in, n, b->wa, arow, src, s > 1 ? boff : NULL, mid, crow, bias, scale,
+                    mask, STORE_RELU, rowsum, s > 1 ? 0 : plane_in, wp, NULL};
         macs += gemm(&g, threads) * pixels;
         zero_borders(mid, n1, ho, wo);
         /* Gate 2 reads the masked map, zero on pruned channels: only FC1 rows k1 matter. */
