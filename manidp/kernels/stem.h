@@ -7,6 +7,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "gemm.h"
 #include "maps.h"
@@ -100,26 +103,40 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
         }
     const int64_t wp2 = w2 + 2, plane2 = (h2 + 2) * wp2;
     memset(out + c_out * plane2, 0, sizeof(float) * SLACK);
-    macs = 0;
-    for (int64_t r0 = 0; r0 < ho; r0 += band) {
-        const int64_t r1 = r0 + band < ho ? r0 + band : ho;
-        gemm_t g = {c_out, kk, (r1 - r0) * pitch, wt, arow, split + r0 * pitch, boff, y, crow,
-                    bias, NULL, mask + r0 * pitch, STORE_RELU};
-        macs += gemm(&g, threads) * (r1 - r0) * wo;
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t ch = 0; ch < c_out; ch++) {
-            float *plane = y + ch * rows * pitch, *dst = out + ch * plane2 + wp2 + 1, cm[wo];
-            if (r0 == 0) memset(out + ch * plane2, 0, sizeof(float) * plane2);
-            if (!maxpool) {
-                for (int64_t i = 0; i < h2; i++) memcpy(dst + i * wp2, plane + i * pitch, sizeof(float) * wo);
-                continue;
+    /* Each thread owns a run of output channels through every band: its rows of each band's GEMM,
+     * then their pool. Splitting each band's GEMM by column panels and its pool by channels (two
+     * parallel regions per band) handed every band's conv rows from one core to the other. */
+#pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        const int64_t nth = omp_get_num_threads(), me = omp_get_thread_num();
+#else
+        const int64_t nth = 1, me = 0;
+#endif
+        const int64_t c0 = me * c_out / nth, c1 = (me + 1) * c_out / nth, mt = (c1 - c0 + MR - 1) / MR;
+        float cm[wo];
+        for (int64_t r0 = 0; r0 < ho && c1 > c0; r0 += band) {
+            const int64_t r1 = r0 + band < ho ? r0 + band : ho;
+            gemm_t g = {c_out, kk, (r1 - r0) * pitch, wt, arow, split + r0 * pitch, boff, y, crow,
+                        bias, NULL, mask + r0 * pitch, STORE_RELU};
+            for (int64_t p = 0; p < (g.N + NR - 1) / NR; p++)     /* panel by panel: B is larger */
+                for (int64_t r = 0; r < mt; r++)
+                    tile_any(&g, c0 + r * (c1 - c0) / mt, (int)((r + 1) * (c1 - c0) / mt - r * (c1 - c0) / mt), p * NR);
+            for (int64_t ch = c0; ch < c1; ch++) {
+                float *plane = y + ch * rows * pitch, *dst = out + ch * plane2 + wp2 + 1;
+                if (r0 == 0) memset(out + ch * plane2, 0, sizeof(float) * plane2);
+                if (!maxpool) {
+                    for (int64_t i = 0; i < h2; i++) memcpy(dst + i * wp2, plane + i * pitch, sizeof(float) * wo);
+                    continue;
+                }
+                /* Pool rows whose windows (conv rows 2i - 1 .. 2i + 1) end in this band. */
+                const int64_t i1 = r1 >= ho ? h2 : r1 / 2;
+                pool_rows(plane, pitch, r0 / 2, i1, ho, wo, w2, dst, wp2, cm);
+                memcpy(plane, plane + band * pitch, sizeof(float) * pitch);  /* row r1 - 1 leads the next band */
             }
-            /* Pool rows whose windows (conv rows 2i - 1 .. 2i + 1) end in this band. */
-            const int64_t i1 = r1 >= ho ? h2 : r1 / 2;
-            pool_rows(plane, pitch, r0 / 2, i1, ho, wo, w2, dst, wp2, cm);
-            memcpy(plane, plane + band * pitch, sizeof(float) * pitch);  /* row r1 - 1 leads the next band */
         }
     }
+    macs = c_out * kk * ho * wo;
 done:
     free(split); free(y); free(mask); free(arow); free(crow); free(boff);
     return macs;
