@@ -43,7 +43,7 @@ STRATEGIES = ("loop", "union")
 
 # Blocks whose output map has at most this many pixels use im2col + GEMM instead of oneDNN's conv
 # at batch 1 (per-block timings on ResNet-34: GEMM wins or ties at 28x28 and below, oneDNN at 56x56;
-# see docs/acceleration.md).
+# see docs/kernel_rounds.md).
 MM_MAX_PIXELS = 28 * 28
 
 

@@ -96,7 +96,7 @@ static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t 
         /* Channel by channel, its 9 taps unrolled: their offsets are constants from three row
          * pointers, so no index is loaded per tap (one of 10 loads per tap with AVX2, of 12 with
          * AVX-512: the AVX2 build ran ResNet-34 1.07x, ResNet-18 1.08x and ResNet-56 / 20
-         * 1.02x / 1.06x faster, the AVX-512 one within the noise; docs/acceleration.md). */
+         * 1.02x / 1.06x faster, the AVX-512 one within the noise; docs/kernel_rounds.md). */
         for (int64_t c = 0; c < g->K / 9; c++) {
             const float *b0 = b + c * g->plane, *b1 = b0 + g->pitch, *b2 = b1 + g->pitch;
             const int64_t ca = g->acol9 ? g->acol9[c] : 9 * c;
