@@ -120,8 +120,10 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
             gemm_t g = {c_out, kk, (r1 - r0) * pitch, wt, arow, split + r0 * pitch, boff, y, crow,
                         bias, NULL, mask + r0 * pitch, STORE_RELU};
             for (int64_t p = 0; p < (g.N + NR - 1) / NR; p++)     /* panel by panel: B is larger */
-                for (int64_t r = 0; r < mt; r++)
-                    tile_any(&g, c0 + r * (c1 - c0) / mt, (int)((r + 1) * (c1 - c0) / mt - r * (c1 - c0) / mt), p * NR);
+                for (int64_t r = 0; r < mt; r++) {                 /* rows shared evenly, as in gemm */
+                    const int64_t m0 = c0 + r * (c1 - c0) / mt, m1 = c0 + (r + 1) * (c1 - c0) / mt;
+                    tile_any(&g, m0, (int)(m1 - m0), p * NR);
+                }
             for (int64_t ch = c0; ch < c1; ch++) {
                 float *plane = y + ch * rows * pitch, *dst = out + ch * plane2 + wp2 + 1;
                 if (r0 == 0) memset(out + ch * plane2, 0, sizeof(float) * plane2);
