@@ -177,6 +177,19 @@ static void tile_any(const gemm_t *g, int64_t m0, int mr, int64_t n0)
 }
 #undef ROWS
 
+/* Rows [m_begin, m_end) of ``g``, every column panel, on the calling thread: panel by panel, the
+ * rows shared evenly among their row tiles as in gemm (so each row's result is gemm's). The stem
+ * gives each thread its own rows this way (stem.h). */
+static void gemm_rows(const gemm_t *g, int64_t m_begin, int64_t m_end)
+{
+    const int64_t m = m_end - m_begin, mt = (m + MR - 1) / MR, nt = (g->N + NR - 1) / NR;
+    for (int64_t p = 0; p < nt; p++)
+        for (int64_t r = 0; r < mt; r++) {
+            const int64_t m0 = m_begin + r * m / mt, m1 = m_begin + (r + 1) * m / mt;
+            tile_any(g, m0, (int)(m1 - m0), p * NR);
+        }
+}
+
 /* Tiles in one of two orders, and each thread a contiguous run of them (static schedule): column
  * panel by panel with the rows inside when the B map is the larger operand (56x56 and 28x28: each
  * thread then reads its own half of B), row tile by row tile with the panels inside when the

@@ -113,17 +113,13 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
 #else
         const int64_t nth = 1, me = 0;
 #endif
-        const int64_t c0 = me * c_out / nth, c1 = (me + 1) * c_out / nth, mt = (c1 - c0 + MR - 1) / MR;
+        const int64_t c0 = me * c_out / nth, c1 = (me + 1) * c_out / nth;
         float cm[wo];
         for (int64_t r0 = 0; r0 < ho && c1 > c0; r0 += band) {
             const int64_t r1 = r0 + band < ho ? r0 + band : ho;
             gemm_t g = {c_out, kk, (r1 - r0) * pitch, wt, arow, split + r0 * pitch, boff, y, crow,
                         bias, NULL, mask + r0 * pitch, STORE_RELU};
-            for (int64_t p = 0; p < (g.N + NR - 1) / NR; p++)     /* panel by panel: B is larger */
-                for (int64_t r = 0; r < mt; r++) {                 /* rows shared evenly, as in gemm */
-                    const int64_t m0 = c0 + r * (c1 - c0) / mt, m1 = c0 + (r + 1) * (c1 - c0) / mt;
-                    tile_any(&g, m0, (int)(m1 - m0), p * NR);
-                }
+            gemm_rows(&g, c0, c1);   /* panel by panel: B is the larger operand */
             for (int64_t ch = c0; ch < c1; ch++) {
                 float *plane = y + ch * rows * pitch, *dst = out + ch * plane2 + wp2 + 1;
                 if (r0 == 0) memset(out + ch * plane2, 0, sizeof(float) * plane2);
