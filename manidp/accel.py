@@ -546,16 +546,17 @@ class SkippingResNet(nn.Module):
 
 
 def padded_size(c: int, h: int, w: int) -> int:
-    """Floats in a padded-planar map: ``c`` zero-bordered (h+2) x (w+2) planes and the C kernel's
-    slack (its GEMM reads up to one register tile past a row's last column)."""
-    return c * (h + 2) * (w + 2) + native.SLACK
+    """Floats in a padded-planar map: ``c`` planes of h+2 rows of pitch w+1 (zero top and bottom
+    rows, one zero column per row: see kernels/skip_block.c) and the C kernel's slack (its GEMM
+    reads up to one register tile past a row's last column)."""
+    return c * (h + 2) * (w + 1) + native.SLACK
 
 
 def to_padded(x: torch.Tensor) -> torch.Tensor:
     """[C, H, W] -> the flat padded-planar layout the C kernel reads and writes."""
     c, h, w = x.shape
     buf = x.new_zeros(padded_size(c, h, w))
-    buf[:c * (h + 2) * (w + 2)].view(c, h + 2, w + 2)[:, 1:-1, 1:-1].copy_(x)
+    buf[:c * (h + 2) * (w + 1)].view(c, h + 2, w + 1)[:, 1:-1, 1:].copy_(x)
     return buf
 
 

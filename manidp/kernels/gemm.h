@@ -23,6 +23,11 @@
 #define SLACK 128 /* floats after every buffer that a GEMM reads as B (>= NR + 1; see gemm) */
 
 typedef float vf __attribute__((vector_size(VL * 4)));
+/* Half a vector (AVX-512 only): a panel whose last vector would hold at most 8 columns gets an
+ * 8-lane one instead. Zen 4 runs a 512-bit FMA on both 256-bit pipes, so an 8-lane FMA costs half
+ * of one (ImageNet's 7x7 maps: 56 grid columns, 3.5 vectors instead of 4). */
+#define VH (VL / 2)
+typedef float vh __attribute__((vector_size(VH * 4)));
 
 static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
@@ -30,6 +35,8 @@ static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
 static inline float relu(float x) { return x > 0.0f ? x : 0.0f; }
 /* x - 0 == x exactly (unlike x + 0 for x = -0), so this folds to a single broadcast. */
 static inline vf splat(float x) { return x - (vf){0}; }
+static inline vh loadh(const float *p) { vh v; memcpy(&v, p, sizeof v); return v; }
+static inline vh splath(float x) { return x - (vh){0}; }
 typedef int32_t vi __attribute__((vector_size(VL * 4)));
 /* max(x, 0) per lane: the comparison's all-ones lanes keep x (C has no vector ?:). */
 static inline vf vrelu(vf x) { return (vf)((vi)x & (x > (vf){0})); }
@@ -68,27 +75,35 @@ typedef struct {
     int64_t plane, pitch; const int64_t *acol9;
 } gemm_t;
 
-/* One tap of a tile: acc[i][v] += A[row i][ck] * B vector v at bk. */
-static inline __attribute__((always_inline)) void tap(vf acc[MR][NV], const float *const a[MR], int64_t ck,
-                                                      const float *bk, int mr, int nv)
+/* One tap of a tile: acc[i][v] += A[row i][ck] * B vector v at bk (and the half vector after them,
+ * if ``half``). */
+static inline __attribute__((always_inline)) void tap(vf acc[MR][NV], vh acch[MR], const float *const a[MR],
+                                                      int64_t ck, const float *bk, int mr, int nv, int half)
 {
     vf bv[NV];
+    vh bh = {0};
     for (int v = 0; v < nv; v++) bv[v] = load(bk + v * VL);
+    if (half) bh = loadh(bk + nv * VL);
 #pragma GCC unroll 6
     for (int i = 0; i < mr; i++) {
-        const vf ai = splat(a[i][ck]);
+        const float x = a[i][ck];
+        const vf ai = splat(x);
         for (int v = 0; v < nv; v++) acc[i][v] += ai * bv[v];
+        if (half) acch[i] += splath(x) * bh;
     }
 }
 
-/* ``mr`` rows x ``nv`` vectors (both compile-time constants after inlining into tile_any). */
+/* ``mr`` rows x ``nv`` vectors and ``half`` a half vector (compile-time constants after inlining
+ * into tile_any). */
 static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t m0, int mr, int nv,
-                                                       int64_t n0)
+                                                       int half, int64_t n0)
 {
     vf acc[MR][NV];
+    vh acch[MR];
     const float *a[MR];
     for (int i = 0; i < MR; i++) {
         for (int v = 0; v < NV; v++) acc[i][v] = (vf){0};
+        acch[i] = (vh){0};
         a[i] = g->A + g->arow[m0 + (i < mr ? i : 0)];
     }
     const float *b = g->B + n0;
@@ -101,13 +116,14 @@ static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t 
             const float *b0 = b + c * g->plane, *b1 = b0 + g->pitch, *b2 = b1 + g->pitch;
             const int64_t ca = g->acol9 ? g->acol9[c] : 9 * c;
 #pragma GCC unroll 9
-            for (int t = 0; t < 9; t++) tap(acc, a, ca + t, (t < 3 ? b0 : t < 6 ? b1 : b2) + t % 3, mr, nv);
+            for (int t = 0; t < 9; t++)
+                tap(acc, acch, a, ca + t, (t < 3 ? b0 : t < 6 ? b1 : b2) + t % 3, mr, nv, half);
         }
     } else
-        for (int64_t k = 0; k < g->K; k++) tap(acc, a, k, b + g->boff[k], mr, nv);
+        for (int64_t k = 0; k < g->K; k++) tap(acc, acch, a, k, b + g->boff[k], mr, nv, half);
     /* Epilogue in vectors; a last vector that passes column N is done through a stack copy, so
      * nothing past a row's end is written (the next row or plane starts there). */
-    const int64_t cols = g->N - n0 < nv * VL ? g->N - n0 : nv * VL;
+    const int64_t width = nv * VL + half * VH, cols = g->N - n0 < width ? g->N - n0 : width;
     const int full = (int)(cols / VL), mode = g->mode;
     const float *mask = g->mask + n0;
     for (int i = 0; i < mr; i++) {
@@ -115,9 +131,11 @@ static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t 
         const float bias = g->bias ? g->bias[m0 + i] : 0.0f;
         const float scale = g->scale ? g->scale[m0 + i] : 1.0f;
         vf sum = {0};
-        for (int v = 0; v < nv; v++) {
+        for (int v = 0; v < nv + half; v++) {
+            vf t = {0};   /* the half vector in the low lanes of a full one (it ends past N: stack copy) */
+            if (v < nv) t = acc[i][v]; else memcpy(&t, &acch[i], sizeof acch[i]);
             if (v < full) {
-                const vf r = epilogue(mode, load(c + v * VL), acc[i][v], bias, scale, load(mask + v * VL));
+                const vf r = epilogue(mode, load(c + v * VL), t, bias, scale, load(mask + v * VL));
                 store(c + v * VL, r);
                 sum += r;
             } else if (v * VL < cols) {
@@ -125,7 +143,7 @@ static inline __attribute__((always_inline)) void tile(const gemm_t *g, int64_t 
                 float cv[VL] = {0}, mv[VL] = {0};
                 memcpy(cv, c + v * VL, sizeof(float) * n);
                 memcpy(mv, mask + v * VL, sizeof(float) * n);
-                const vf r = epilogue(mode, load(cv), acc[i][v], bias, scale, load(mv));
+                const vf r = epilogue(mode, load(cv), t, bias, scale, load(mv));
                 store(cv, r);
                 memcpy(c + v * VL, cv, sizeof(float) * n);
                 for (int64_t l = 0; l < n; l++) sum[l] += cv[l];   /* lanes past N stay out */
@@ -153,24 +171,30 @@ static void row_sums(const gemm_t *g, float *out)
 
 /* One specialised copy of the tile per row count and vector count, so that the accumulators stay
  * in registers. A map's last column panel is narrower than NR when the padded-width grid is not a
- * multiple of NR (8x8: 80 columns = 64 + 16; 14x14: 224 = 3 x 64 + 32): it gets only the vectors
- * it needs, where a full tile computed up to 1.6x the columns (ResNet-56's 8x8 stage). */
-#define ROWS(nv)                                                              \
+ * multiple of NR (8x8: 72 columns = 64 + 8; 14x14: 210 = 3 x 64 + 18): it gets only the vectors
+ * it needs, where a full tile computed up to 1.6x the columns (ResNet-56's 8x8 stage), and with
+ * AVX-512 a last vector of at most VH columns is a half vector (8x8: 64 + 8; 14x14: 3 x 64 + 16 +
+ * 8; 7x7: 56 = 3 x 16 + 8). Two builds alternating in one process (Zen 4, 1 thread): ResNet-34
+ * 1.025x, ResNet-18 1.035x faster, the outputs bit-identical (docs/kernel_rounds.md, sixth round). */
+#define ROWS(nv, half)                                                        \
     switch (mr) {                                                             \
-    case 6: tile(g, m0, 6, nv, n0); break;                                    \
-    case 5: tile(g, m0, 5, nv, n0); break;                                    \
-    case 4: tile(g, m0, 4, nv, n0); break;                                    \
-    case 3: tile(g, m0, 3, nv, n0); break;                                    \
-    case 2: tile(g, m0, 2, nv, n0); break;                                    \
-    default: tile(g, m0, 1, nv, n0); break;                                   \
+    case 6: tile(g, m0, 6, nv, half, n0); break;                              \
+    case 5: tile(g, m0, 5, nv, half, n0); break;                              \
+    case 4: tile(g, m0, 4, nv, half, n0); break;                              \
+    case 3: tile(g, m0, 3, nv, half, n0); break;                              \
+    case 2: tile(g, m0, 2, nv, half, n0); break;                              \
+    default: tile(g, m0, 1, nv, half, n0); break;                             \
     }
 static void tile_any(const gemm_t *g, int64_t m0, int mr, int64_t n0)
 {
-    const int64_t left = (g->N - n0 + VL - 1) / VL;      /* vectors left in this panel */
+    const int64_t rem = g->N - n0, left = (rem + VL - 1) / VL;      /* vectors left in this panel */
 #if NV == 4
-    if (left == 1) { ROWS(1) } else if (left == 2) { ROWS(2) } else if (left == 3) { ROWS(3) } else { ROWS(4) }
+    /* A last panel whose last vector would hold at most VH columns: whole vectors, then a half. */
+    if (rem < NR && rem % VL && rem % VL <= VH) {
+        if (left == 1) { ROWS(0, 1) } else if (left == 2) { ROWS(1, 1) } else if (left == 3) { ROWS(2, 1) } else { ROWS(3, 1) }
+    } else if (left == 1) { ROWS(1, 0) } else if (left == 2) { ROWS(2, 0) } else if (left == 3) { ROWS(3, 0) } else { ROWS(4, 0) }
 #elif NV == 2
-    if (left == 1) { ROWS(1) } else { ROWS(2) }
+    if (left == 1) { ROWS(1, 0) } else { ROWS(2, 0) }
 #else
 #error "tile_any: NV must be 2 or 4"
 #endif

@@ -60,18 +60,21 @@ static void column_mask(float *mask, int64_t rows, int64_t pitch, int64_t cols)
 }
 
 /* Polyphase split of a padded-planar map for a stride-s convolution: phase (py, px) of channel c
- * is a plane of row pitch wp = wo + 2 holding padded input (s*r + py, s*q + px) at (r, q). Tap
+ * is a plane of row pitch wp = wo + 1 holding padded input (s*r + py, s*q + px) at (r, q). Tap
  * (dy, dx) of output (y, x), padded input (s*y + dy, s*x + dx), is then phase (dy % s, dx % s) at
  * (y + dy / s, x + dx / s): over the padded-width output grid one contiguous row, as for stride
  * 1, so the GEMM reads taps in place. Each input float is copied once; gathering the 9 taps into
  * the output grid instead wrote 9/s^2 floats per input (2.25x the map at stride 2), and the
  * stride-2 blocks ran at 0.75 of ONNX Runtime's time where the others ran at 0.55. The 1x1
- * projection shortcut reads phase (1, 1) of the same split. ``x``: c planes of h x w, read with
- * ``pad`` rows and columns of zeros around them (a padded-planar map: its padded size, pad 0).
+ * projection shortcut reads phase (1, 1) of the same split. ``x``: c planes (``x_plane`` floats
+ * apart) of h rows x w columns (``x_pitch`` floats apart), read with ``pad`` rows and columns of
+ * zeros around them: a plain image (pitch w, pad > 0), or a padded-planar map read as its padded
+ * size h + 2 by w + 2 at pitch w + 1, pad 0 (column w + 1 of a row is the next row's zero column;
+ * of the last row, the next plane's first float or the map's SLACK, zero too).
  * Phase planes have row pitch ``pitch`` and at least ``min_rows`` rows (``*pp`` floats each);
  * unwritten floats are zero, and the buffer ends with SLACK zeros. */
-static float *phases(const float *x, int64_t c, int64_t h, int64_t w, int64_t pad, int64_t s,
-                     int64_t pitch, int64_t min_rows, int64_t *pp, int threads)
+static float *phases(const float *x, int64_t c, int64_t h, int64_t w, int64_t x_pitch, int64_t x_plane,
+                     int64_t pad, int64_t s, int64_t pitch, int64_t min_rows, int64_t *pp, int threads)
 {
     const int64_t hp = h + 2 * pad, wq = w + 2 * pad, planes = c * s * s;
     const int64_t rows = (hp + s - 1) / s > min_rows ? (hp + s - 1) / s : min_rows, size = rows * pitch;
@@ -80,7 +83,7 @@ static float *phases(const float *x, int64_t c, int64_t h, int64_t w, int64_t pa
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < planes; i++) {
         const int64_t py = (i % (s * s)) / s, px = i % s;
-        const float *src = x + (i / (s * s)) * h * w;
+        const float *src = x + (i / (s * s)) * x_plane;
         float *dst = out + i * size;
         memset(dst, 0, sizeof(float) * size);
         /* Columns q with 0 <= s*q + px - pad < w, found once: no test per float (the split was
@@ -91,7 +94,7 @@ static float *phases(const float *x, int64_t c, int64_t h, int64_t w, int64_t pa
         for (int64_t r = 0; s * r + py < hp; r++) {
             const int64_t sy = s * r + py - pad;
             if (sy < 0 || sy >= h) continue;
-            const float *row = src + sy * w + px - pad;
+            const float *row = src + sy * x_pitch + px - pad;
             float *d = dst + r * pitch;
             if (s == 2)
                 for (int64_t q = q0; q < q1; q++) d[q] = row[2 * q];
@@ -105,7 +108,7 @@ static float *phases(const float *x, int64_t c, int64_t h, int64_t w, int64_t pa
 }
 
 /* Where tap (dy, dx) of input channel c starts in the B operand: the padded map itself at stride
- * 1 (plane ``plane_in``, pitch w + 2 = wp), else its polyphase split (planes ``pp``, pitch wp). */
+ * 1 (plane ``plane_in``, pitch w + 1 = wp), else its polyphase split (planes ``pp``, pitch wp). */
 static inline int64_t tap_offset(int64_t c, int dy, int dx, int64_t s, int64_t plane_in, int64_t pp,
                                  int64_t wp)
 {
@@ -117,7 +120,7 @@ static inline int64_t tap_offset(int64_t c, int dy, int dx, int64_t s, int64_t p
  * border, the bottom border row after the last right border, and the buffer's SLACK. */
 static void zero_borders(float *x, int64_t c, int64_t ho, int64_t wo)
 {
-    const int64_t wp = wo + 2, plane = (ho + 2) * wp;
+    const int64_t wp = wo + 1, plane = (ho + 2) * wp;
     for (int64_t i = 0; i < c; i++) {
         memset(x + i * plane, 0, sizeof(float) * (wp + 1));
         memset(x + i * plane + (ho + 1) * wp + 1, 0, sizeof(float) * (wp - 1));

@@ -7,13 +7,17 @@
  * the GEMM reads kept weight rows and columns in place, through index arrays, and reads the
  * convolution taps straight from zero-padded feature maps.
  *
- * Feature maps are planar and zero-padded: channel c of an H x W map is a (H+2) x (W+2) plane with a
- * zero border, planes back to back, followed by SLACK spare floats. A 3x3, stride-1 convolution
- * output at (y, x) then reads, for tap (dy, dx), the input at plane offset (y+dy)*(W+2) + (x+dx):
- * over the "padded-width" grid n = y*(W+2) + x (x < W+2), each tap of each channel is ONE
- * contiguous row of the GEMM's B operand, with no im2col copy. The 2 extra columns per row (x = W,
- * W+1) are computed and discarded (multiplied by a 0/1 column mask); they land on the output's
- * border, which must stay zero. Strided convolutions (the stem, the first block of a stage and its
+ * Feature maps are planar and zero-padded: channel c of an H x W map is a plane of H+2 rows of
+ * pitch P = W+1 (a zero top and bottom row; in each row a zero column, then the W pixels), planes
+ * back to back, followed by SLACK spare floats. Pixel (y, x) is at (y+1)*P + x+1. Its left and right
+ * neighbours' padding is one shared zero column: column W+1 of row r is column 0 of row r+1. A
+ * 3x3, stride-1 convolution output at (y, x) then reads, for tap (dy, dx), the input at plane
+ * offset (y+dy)*P + (x+dx): over the "padded-width" grid n = y*P + x (x < P), each tap of each
+ * channel is ONE contiguous row of the GEMM's B operand, with no im2col copy. The extra column per
+ * row (x = W) is computed and discarded (multiplied by a 0/1 column mask); it lands on the next
+ * row's zero column, which stays zero. A pitch of W+2 (two zero columns per row) computed 2-4% more
+ * grid columns on every map, 12.5% more on 7x7 (63 columns against 56; see docs/kernel_rounds.md,
+ * sixth round). Strided convolutions (the stem, the first block of a stage and its
  * 1x1 projection shortcut) read a polyphase split of their input instead (see phases).
  *
  * The register-tiled GEMM that every convolution runs is in gemm.h, the passes over whole maps and
@@ -75,7 +79,7 @@ static int64_t kept(const float *pi, int64_t c, float threshold, int64_t *idx)
     return n;
 }
 
-/* Run one block on padded-planar ``x`` [c_in][(h+2)(w+2)] + SLACK. ``out``: ``x`` itself for an
+/* Run one block on padded-planar ``x`` [c_in][(h+2)(w+1)] + SLACK. ``out``: ``x`` itself for an
  * identity shortcut (the result is added in place; ``x`` must then be >= 0, as every block input of
  * a ResNet is: the ReLU pass covers only the rows conv_b adds to), else a buffer of c_out planes of the output
  * size + SLACK that this function fills completely. kept_out[0..1] = |k1|, |k2|.
@@ -89,7 +93,7 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
                      int64_t *kept_out, const float *in_sums, float *out_sums)
 {
     const int64_t s = b->stride, ho = (h - 1) / s + 1, wo = (w - 1) / s + 1;
-    const int64_t plane_in = (h + 2) * (w + 2), wp = wo + 2, plane = (ho + 2) * wp, n = ho * wp;
+    const int64_t plane_in = (h + 2) * (w + 1), wp = wo + 1, plane = (ho + 2) * wp, n = ho * wp;
     const int64_t pixels = ho * wo, cmax = b->c_mid > b->c_out ? b->c_mid : b->c_out;
     const int64_t hmax = b->hid1 > b->hid2 ? b->hid1 : b->hid2;
     const int64_t big = 9 * b->c_in;   /* boff: a strided conv_a's taps (the shortcut needs c_in) */
@@ -120,7 +124,7 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
     /* A strided block reads its input through the polyphase split (shortcut and conv_a). */
     const float *src = x;
     if (s > 1) {
-        split = phases(x, b->c_in, h + 2, w + 2, 0, s, wp, ho + 2, &pp, threads);
+        split = phases(x, b->c_in, h + 2, w + 2, w + 1, plane_in, 0, s, wp, ho + 2, &pp, threads);
         if (!split) { macs = -1; goto done; }
         src = split;
     }
@@ -217,7 +221,7 @@ static int instance(const block_t *blocks, int64_t nblocks, float *x, int64_t h,
         const int64_t ho = (h - 1) / b->stride + 1, wo = (w - 1) / b->stride + 1;
         float *out = x;
         if (b->ws) {
-            out = malloc(sizeof(float) * (b->c_out * (ho + 2) * (wo + 2) + SLACK));
+            out = malloc(sizeof(float) * (b->c_out * (ho + 2) * (wo + 1) + SLACK));
             if (!out) { failed = 1; break; }
         }
         float *out_sums = sums + (j % 2) * cmax;   /* the two halves alternate */

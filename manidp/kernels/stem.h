@@ -87,7 +87,7 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
     }
     const int64_t rows = maxpool ? band + 1 : ho;   /* + the row before the band */
     int64_t pp = 0, macs = -1;
-    float *split = phases(x, c_in, h, w, pad, s, pitch, ho + (k - 1) / s + 1, &pp, threads);
+    float *split = phases(x, c_in, h, w, w, h * w, pad, s, pitch, ho + (k - 1) / s + 1, &pp, threads);
     float *y = malloc(sizeof(float) * (c_out * rows * pitch + SLACK)), *mask = malloc(sizeof(float) * n);
     int64_t *arow = malloc(sizeof(int64_t) * c_out), *crow = malloc(sizeof(int64_t) * c_out);
     int64_t *boff = malloc(sizeof(int64_t) * kk);
@@ -101,7 +101,7 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
             /* The image's split has planes of pp floats for any stride (at stride 1 one phase). */
             boff[j] = tap_offset(c, (int)(t / k), (int)(t % k), s, pp, pp, pitch);
         }
-    const int64_t wp2 = w2 + 2, plane2 = (h2 + 2) * wp2;
+    const int64_t wp2 = w2 + 1, plane2 = (h2 + 2) * wp2;
     memset(out + c_out * plane2, 0, sizeof(float) * SLACK);
     /* Each thread owns a run of output channels through every band: its rows of each band's GEMM,
      * then their pool. Splitting each band's GEMM by column panels and its pool by channels (two
