@@ -11,6 +11,11 @@
 
 #include "gemm.h"
 
+/* The padded-planar layout (described in skip_block.c) of an h x w map: its row pitch, one zero
+ * column per row, and its plane, a zero row above and below; accel.padded_size mirrors it. */
+static inline int64_t map_pitch(int64_t w) { return w + 1; }
+static inline int64_t map_plane(int64_t h, int64_t w) { return (h + 2) * map_pitch(w); }
+
 /* Sum of each of ``c`` padded planes (the border is zero, so the plane sum is the map sum).
  * Vector partial sums: a scalar running sum is one dependent add per float, 4-8x slower. Blocks
  * carry their output's channel sums to the next block (see manidp_block), so this runs only on the
@@ -120,7 +125,7 @@ static inline int64_t tap_offset(int64_t c, int dy, int dx, int64_t s, int64_t p
  * border, the bottom border row after the last right border, and the buffer's SLACK. */
 static void zero_borders(float *x, int64_t c, int64_t ho, int64_t wo)
 {
-    const int64_t wp = wo + 1, plane = (ho + 2) * wp;
+    const int64_t wp = map_pitch(wo), plane = map_plane(ho, wo);
     for (int64_t i = 0; i < c; i++) {
         memset(x + i * plane, 0, sizeof(float) * (wp + 1));
         memset(x + i * plane + (ho + 1) * wp + 1, 0, sizeof(float) * (wp - 1));

@@ -93,7 +93,7 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
                      int64_t *kept_out, const float *in_sums, float *out_sums)
 {
     const int64_t s = b->stride, ho = (h - 1) / s + 1, wo = (w - 1) / s + 1;
-    const int64_t plane_in = (h + 2) * (w + 1), wp = wo + 1, plane = (ho + 2) * wp, n = ho * wp;
+    const int64_t plane_in = map_plane(h, w), wp = map_pitch(wo), plane = map_plane(ho, wo), n = ho * wp;
     const int64_t pixels = ho * wo, cmax = b->c_mid > b->c_out ? b->c_mid : b->c_out;
     const int64_t hmax = b->hid1 > b->hid2 ? b->hid1 : b->hid2;
     const int64_t big = 9 * b->c_in;   /* boff: a strided conv_a's taps (the shortcut needs c_in) */
@@ -124,7 +124,7 @@ int64_t manidp_block(const block_t *b, const float *x, float *out, int64_t h, in
     /* A strided block reads its input through the polyphase split (shortcut and conv_a). */
     const float *src = x;
     if (s > 1) {
-        split = phases(x, b->c_in, h + 2, w + 2, w + 1, plane_in, 0, s, wp, ho + 2, &pp, threads);
+        split = phases(x, b->c_in, h + 2, w + 2, map_pitch(w), plane_in, 0, s, wp, ho + 2, &pp, threads);
         if (!split) { macs = -1; goto done; }
         src = split;
     }
@@ -221,7 +221,7 @@ static int instance(const block_t *blocks, int64_t nblocks, float *x, int64_t h,
         const int64_t ho = (h - 1) / b->stride + 1, wo = (w - 1) / b->stride + 1;
         float *out = x;
         if (b->ws) {
-            out = malloc(sizeof(float) * (b->c_out * (ho + 2) * (wo + 1) + SLACK));
+            out = malloc(sizeof(float) * (b->c_out * map_plane(ho, wo) + SLACK));
             if (!out) { failed = 1; break; }
         }
         float *out_sums = sums + (j % 2) * cmax;   /* the two halves alternate */

@@ -101,7 +101,7 @@ int64_t manidp_stem(const float *x, int64_t c_in, int64_t h, int64_t w, const fl
             /* The image's split has planes of pp floats for any stride (at stride 1 one phase). */
             boff[j] = tap_offset(c, (int)(t / k), (int)(t % k), s, pp, pp, pitch);
         }
-    const int64_t wp2 = w2 + 1, plane2 = (h2 + 2) * wp2;
+    const int64_t wp2 = map_pitch(w2), plane2 = map_plane(h2, w2);
     memset(out + c_out * plane2, 0, sizeof(float) * SLACK);
     /* Each thread owns a run of output channels through every band: its rows of each band's GEMM,
      * then their pool. Splitting each band's GEMM by column panels and its pool by channels (two
